@@ -1,0 +1,26 @@
+# `make run` and `make test` each build .venv (once) and install what they need.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test test-all bench clean
+
+$(BIN)/bigmodel-ray: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: this pin is a local CPU wheel; anything else downloads a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: $(BIN)/bigmodel-ray
+	$(BIN)/bigmodel-ray run jobs/quickstart.yaml
+
+test: $(BIN)/bigmodel-ray
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/bigmodel-ray
+	$(BIN)/python benchmarks/ddp_overhead.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,3 @@
+from bigmodel_ray.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,69 @@
+"""Built-in real data sets that need no download: scikit-learn's digits and MNIST-1D.
+
+Each loader returns numpy splits {"train", "val", "test"} of (x float32 channels-first, y int64).
+Splits are fixed by `split_seed`, so every run of a job sees the same rows.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+Splits = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def load_digits(val_fraction: float, test_fraction: float, split_seed: int) -> Splits:
+    """1,797 real 8x8 handwritten digits (UCI optdigits), pixel values 0..16 scaled to 0..1."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]          # (n, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=test_fraction, random_state=split_seed, stratify=y)
+    return {"test": (x_test, y_test), **_carve_val(x_rest, y_rest, val_fraction, split_seed)}
+
+
+def load_mnist1d(val_fraction: float, test_fraction: float, split_seed: int) -> Splits:
+    """MNIST-1D from the package's generator with its default arguments (4,000 train, 1,000 test).
+
+    The test split is the generator's own; `test_fraction` does not apply. `mnist1d.data.get_dataset`
+    is avoided on purpose: it downloads and unpickles a file.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args(as_dict=True)
+    args.pop("url")
+    cache = _cache_dir() / f"mnist1d-{hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]}.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    else:  # generating takes ~7 s; cache it (numpy format, never pickle)
+        raw = make_dataset(get_dataset_args())
+        data = {k: np.asarray(raw[k]) for k in ("x", "y", "x_test", "y_test")}
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **data)
+        tmp.replace(cache)  # atomic: concurrent runs never read a half-written file
+    x, x_test = (data[k].astype(np.float32)[:, None] for k in ("x", "x_test"))   # (n, 1, 40)
+    y, y_test = (data[k].astype(np.int64) for k in ("y", "y_test"))
+    return {"test": (x_test, y_test), **_carve_val(x, y, val_fraction, split_seed)}
+
+
+def _carve_val(x, y, val_fraction: float, seed: int) -> Splits:
+    if val_fraction == 0:
+        return {"train": (x, y), "val": (x[:0], y[:0])}
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, y, test_size=val_fraction, random_state=seed, stratify=y)
+    return {"train": (x_train, y_train), "val": (x_val, y_val)}
+
+
+def _cache_dir() -> Path:
+    root = Path(os.environ.get("BIGMODEL_RAY_CACHE", Path.home() / ".cache" / "bigmodel_ray"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+BUILTIN = {"digits": load_digits, "mnist1d": load_mnist1d}

@@ -1,0 +1,40 @@
+"""Models chosen by name in the job YAML (`model.name`, keyword arguments in `model.args`).
+
+Every builder takes the dataset's `input_shape` (without the batch dimension, channels first)
+and `num_classes`, plus its own keyword arguments, and returns an `nn.Module` that maps a
+float batch of `input_shape` to class logits.
+"""
+
+import inspect
+from collections.abc import Callable
+
+import torch.nn as nn
+
+from bigmodel_ray.models.cnn import CNN1d, CNN2d
+from bigmodel_ray.models.mlp import MLP
+from bigmodel_ray.models.transformer import TransformerClassifier
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "cnn1d": CNN1d,
+    "cnn2d": CNN2d,
+    "transformer": TransformerClassifier,
+}
+
+
+def model_arg_names(name: str) -> set[str]:
+    """Keyword arguments a model accepts from the YAML (for spec validation)."""
+    params = inspect.signature(MODELS[name]).parameters
+    return {p for p in params if p not in ("input_shape", "num_classes")}
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+    return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """Submodules that FSDP shards as one unit each (the root is sharded last, by the caller)."""
+    units = getattr(model, "shard_units", None)
+    if callable(units):
+        return list(units())
+    return [m for m in model.children() if any(True for _ in m.parameters())]

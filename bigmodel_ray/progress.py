@@ -1,0 +1,63 @@
+"""Console progress for a run: one line per epoch (plus a bar on a TTY), read from the epoch log.
+
+The driver does not see workers' reports directly, so a thread follows `metrics.jsonl`, which
+rank 0 appends to after every epoch.
+"""
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def format_epoch(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  train_loss {row['train_loss']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  val_f1 {row['val_f1']:.4f}  "
+            f"lr {row['lr']:.2e}  {row['samples_per_s']:,.0f} samples/s  {row['epoch_s']:.1f}s")
+
+
+class EpochPrinter:
+    def __init__(self, metrics_path: Path, epochs: int, first_epoch: int, stream=sys.stdout):
+        self.path, self.epochs, self.stream = metrics_path, epochs, stream
+        self.seen = first_epoch
+        self._stop = threading.Event()
+        self._bar = (tqdm(total=epochs, initial=first_epoch, unit="epoch", file=stream, leave=False, dynamic_ncols=True)
+                     if stream.isatty() else None)
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._poll()     # the final epoch may land after the last poll
+        if self._bar:
+            self._bar.close()
+
+    def _follow(self):
+        while not self._stop.wait(0.5):
+            self._poll()
+
+    def _poll(self):
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:     # a line being written right now
+                break
+            if row["epoch"] <= self.seen:
+                continue
+            self.seen = row["epoch"]
+            text = format_epoch(row, self.epochs)
+            if self._bar:
+                self._bar.write(text)
+                self._bar.update(row["epoch"] - self._bar.n)
+            else:
+                print(text, file=self.stream, flush=True)

@@ -1,0 +1,144 @@
+"""`kind: train` — a data-parallel (DDP or FSDP2) classification run on Ray Train.
+
+Run folder `<storage>/<name>/`: `spec.yaml` (resolved job), `metrics.jsonl` (one line per
+epoch), `checkpoint_*/state.pt` (last `checkpoint.keep`), `result.json`. Running the same job
+again resumes after the last checkpoint; a finished run resumes into just the test pass.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import yaml
+
+from bigmodel_ray.data import load_data
+from bigmodel_ray.models import build_model
+from bigmodel_ray.progress import EpochPrinter
+from bigmodel_ray.spec import JobSpec, SpecError, dump
+from bigmodel_ray.train.worker import METRICS_FILE, train_worker
+
+RESULT_FILE, SPEC_FILE = "result.json", "spec.yaml"
+
+
+class RunFailed(Exception):
+    """Training raised on the workers or the controller; the message says where to look."""
+
+
+def run_dir_of(spec: JobSpec) -> Path:
+    if "://" in spec.storage:
+        raise SpecError(f"storage: remote storage ({spec.storage}) is not supported for train jobs yet")
+    return Path(spec.storage).expanduser().resolve() / spec.name
+
+
+def run(spec: JobSpec, source: str, say=print) -> dict:
+    import ray
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    run_dir = run_dir_of(spec)
+    _check_same_job(run_dir, spec, source)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(run_dir / SPEC_FILE, dump(spec))
+
+    res = spec.resources
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= 1 if res.use_gpu == "auto" else res.use_gpu
+    if spec.train.precision == "fp16" and not use_gpu:
+        raise SpecError(f"{source}: train.precision: fp16 needs a GPU (loss scaling is CUDA-only here); "
+                        "use bf16 on CPU")
+
+    data = load_data(spec.data)
+    rows_per_worker = data.rows["train"] // res.workers          # Ray splits train evenly
+    micro_batches = math.ceil(rows_per_worker / spec.train.batch_size)
+    steps_per_epoch = math.ceil(micro_batches / spec.train.grad_accum)
+    n_params = sum(p.numel() for p in build_model(spec.model.name, data.input_shape, data.num_classes,
+                                                  **spec.model.args).parameters())
+    t = spec.train
+    say(f"{spec.name}: {spec.model.name} ({n_params:,} params) on {spec.data.source} "
+        f"({data.rows['train']:,} train / {data.rows['val']:,} val / {data.rows['test']:,} test), "
+        f"{res.workers} workers, {t.strategy} on {'GPU' if use_gpu else 'CPU'}, {t.precision}; "
+        f"effective global batch {t.batch_size} x {t.grad_accum} accum x {res.workers} workers "
+        f"= {t.batch_size * t.grad_accum * res.workers}")
+    done_before = _epochs_logged(run_dir)
+    if done_before:
+        say(f"{spec.name}: resuming from the last checkpoint in {run_dir} ({done_before} epochs logged)")
+
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": str(run_dir),
+                           "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                           "steps_per_epoch": steps_per_epoch},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": res.cpus_per_worker}),
+        datasets=data.datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=spec.name, storage_path=str(run_dir.parent),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=spec.failure.max_failures),
+        ),
+    )
+    start = time.perf_counter()
+    with EpochPrinter(run_dir / METRICS_FILE, t.epochs, done_before):
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as e:
+            raise RunFailed(f"{spec.name}: training failed: {_first_line(e)} "
+                            f"(run folder {run_dir}; rerun with -v for worker logs)") from e
+    wall_s = time.perf_counter() - start
+
+    history = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    summary = {
+        "name": spec.name, **result.return_value,
+        "wall_s": round(wall_s, 2),
+        "epochs_this_run": result.return_value["epochs"] - result.return_value["resumed_from_epoch"],
+        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "samples_per_s_median": _median([r["samples_per_s"] for r in history[1:] or history]),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "run_dir": str(run_dir), "workers": res.workers, "use_gpu": use_gpu, "params": n_params,
+    }
+    summary.pop("worker_pid", None)
+    _write_atomic(run_dir / RESULT_FILE, json.dumps(summary, indent=2) + "\n")
+    say(f"{spec.name}: test_accuracy {summary['test_accuracy']:.4f}  test_f1 {summary['test_f1']:.4f}  "
+        f"({summary['epochs']} epochs, {summary['epochs_this_run']} this run, {wall_s:.1f}s) -> {run_dir}")
+    return summary
+
+
+def _check_same_job(run_dir: Path, spec: JobSpec, source: str) -> None:
+    """Resuming is only sound for the same model and data; refuse rather than mix runs."""
+    old_file = run_dir / SPEC_FILE
+    if not old_file.exists():
+        return
+    old = yaml.safe_load(old_file.read_text()) or {}
+    new = spec.model_dump(mode="json")
+    for key in ("model", "data", "seed"):
+        if old.get(key) != new[key]:
+            raise SpecError(f"{source}: {key}: differs from the run in {run_dir} that this job would resume; "
+                            f"use another name (--set name=...)")
+
+
+def _epochs_logged(run_dir: Path) -> int:
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return 0
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return max((r["epoch"] for r in rows), default=0)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    # Worker errors carry the remote traceback; its last line is the actual exception.
+    tail = [line for line in text if line and not line.startswith(" ")]
+    return (tail[-1] if tail else type(e).__name__)[:300]

@@ -1,0 +1,213 @@
+"""The job spec: one YAML format for every job kind, validated before anything runs.
+
+A job file is a mapping with `name`, `kind` and one section per concern. Each section maps to
+one module: `data` -> bigmodel_ray.data, `model` -> bigmodel_ray.models, `train` ->
+bigmodel_ray.train, `resources`/`checkpoint`/`failure` -> the Ray Train run configuration.
+
+Kinds: `train` is implemented here. `tune`, `compress` and `transfer` jobs reuse these sections
+and add their own (`search`, `compress`, `transfer`); a multi-step pipeline is a job whose
+`steps` list holds such sections, each step reading the previous step's run folder. New kinds
+join `JobSpec` as further members of a union discriminated by `kind`.
+
+Errors are reported as `FILE: key.path: message (got VALUE)`; see `SpecError`.
+"""
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bigmodel_ray.data import SOURCES
+from bigmodel_ray.models import MODELS, model_arg_names
+
+
+class SpecError(Exception):
+    """A bad job file or override; the message is one line that names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataSpec(_Section):
+    source: str = Field(description="built-in data set: " + " | ".join(SOURCES))
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the training rows held out for validation")
+    test_fraction: float = Field(0.15, gt=0, lt=1, description="share held out for test where the set has no test split")
+    split_seed: int = Field(0, description="fixes the train/val/test split, independent of the job seed")
+    in_memory: bool = Field(True, description="each worker keeps its shard in memory after the first pass")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v):
+        if v not in SOURCES:
+            raise ValueError(f"must be one of {' | '.join(SOURCES)}")
+        return v
+
+
+class ModelSpec(_Section):
+    name: str = Field(description="one of " + " | ".join(MODELS))
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v):
+        if v not in MODELS:
+            raise ValueError(f"must be one of {' | '.join(MODELS)}")
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _known_args(cls, v, info):
+        name = info.data.get("name")
+        unknown = sorted(set(v) - model_arg_names(name)) if name else []
+        if unknown:
+            raise ValueError(f"unknown argument {unknown[0]!r} for model {name!r} "
+                             f"(accepts {', '.join(sorted(model_arg_names(name)))})")
+        return v
+
+
+class OptimizerSpec(_Section):
+    name: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+
+
+class ScheduleSpec(_Section):
+    name: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup from 0, in epochs (fractions allowed)")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine ends at lr * min_lr_ratio")
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(64, gt=0, description="per worker and micro-step")
+    grad_accum: int = Field(1, gt=0, description="micro-steps per optimizer step")
+    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+
+
+class ResourcesSpec(_Section):
+    workers: int = Field(2, gt=0, description="Ray Train workers (DDP ranks)")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool | Literal["auto"] = Field("auto", description="auto: one GPU per worker when the cluster has GPUs")
+
+    @field_validator("use_gpu", mode="before")
+    @classmethod
+    def _gpu_choice(cls, v):
+        if v not in (True, False, "auto") or isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError("must be true, false or auto")
+        return v
+
+
+class CheckpointSpec(_Section):
+    every: int = Field(1, gt=0, description="checkpoint every N epochs (and always after the last)")
+    keep: int = Field(2, gt=0, description="keep the K most recent checkpoints")
+
+
+class FailureSpec(_Section):
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint; -1 = forever")
+
+
+class JobSpec(_Section):
+    name: str = Field(description="run folder name under `storage`; rerunning the same name resumes it")
+    kind: Literal["train"] = "train"
+    seed: int = 0
+    storage: str = Field("runs", description="folder (or URI) holding run folders")
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    failure: FailureSpec = Field(default_factory=FailureSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("must be letters, digits, '_', '.', '-' (it names a folder)")
+        return v
+
+
+# ---------------------------------------------------------------------------- loading
+
+def load_job(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    """Read, override (`key.path=value`, value parsed as YAML) and validate a job file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: must be a YAML mapping of sections (got {type(raw).__name__})")
+    raw.setdefault("name", path.stem)
+    raw = apply_overrides(raw, overrides, path)
+    return validate(raw, str(path))
+
+
+def apply_overrides(raw: dict, overrides, source) -> dict:
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item}: expected KEY.PATH=VALUE")
+        node, parts = raw, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError(f"{source}: {'.'.join(parts[:i + 1])}: is not a section (--set {item})")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SpecError(f"--set {item}: value is not valid YAML") from None
+    return raw
+
+
+def validate(raw: dict, source: str) -> JobSpec:
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as e:
+        errors = e.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise SpecError(f"{source}: {_describe(errors[0])}{more}") from None
+
+
+_MESSAGES = {
+    "greater_than": lambda c: f"must be > {c['gt']}",
+    "greater_than_equal": lambda c: f"must be >= {c['ge']}",
+    "less_than": lambda c: f"must be < {c['lt']}",
+    "less_than_equal": lambda c: f"must be <= {c['le']}",
+    "extra_forbidden": lambda c: "unknown key",
+    "missing": lambda c: "required key is missing",
+    "literal_error": lambda c: f"must be {c['expected']}",
+    "model_type": lambda c: "must be a mapping of keys",
+    "dict_type": lambda c: "must be a mapping of keys",
+}
+
+
+def _describe(err: dict) -> str:
+    # Drop pydantic's union-branch tags (e.g. "bool", "literal['auto']") from the key path.
+    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("bool", "float", "int"))))
+    make = _MESSAGES.get(err["type"])
+    msg = make(err.get("ctx", {})) if make else err["msg"].removeprefix("Value error, ")
+    msg = msg.replace("Input should be", "must be")
+    value = err.get("input")
+    if err["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict):
+        msg += f" (got {value!r})"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def dump(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,31 @@
+"""Optimizer and per-step learning-rate schedule from the `train` section."""
+
+import math
+
+import torch
+
+
+def build_optimizer(params, spec) -> torch.optim.Optimizer:
+    o = spec.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, name: str, min_ratio: float) -> float:
+    """Multiplier of the base LR at optimizer step `step` (0-based)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if name == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, spec, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    s = spec.schedule
+    total = spec.epochs * steps_per_epoch
+    warmup = round(s.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, s.name, s.min_lr_ratio))

@@ -1,0 +1,112 @@
+"""One training epoch and one evaluation pass. Plain PyTorch: usable with or without Ray.
+
+Gradient accumulation: each micro-batch's mean loss is divided by `grad_accum`; ranks skip the
+gradient all-reduce on all but the last micro-step of a group. A short final group (end of the
+epoch) has its gradients rescaled so that every optimizer step averages over its micro-batches.
+"""
+
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from bigmodel_ray.train.metrics import all_reduce_sum, confusion_matrix, summarize
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def _flag_last(items: Iterable) -> Iterator[tuple[object, bool]]:
+    it = iter(items)
+    try:
+        prev = next(it)
+    except StopIteration:
+        return
+    for item in it:
+        yield prev, False
+        prev = item
+    yield prev, True
+
+
+def _gradient_sync(model, enabled: bool):
+    """Skip the cross-rank gradient reduction on accumulation micro-steps (DDP and FSDP2)."""
+    if not enabled and hasattr(model, "no_sync"):                     # DDP
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):                  # FSDP2
+        model.set_requires_gradient_sync(enabled)
+    return nullcontext()
+
+
+def train_epoch(model, batches, optimizer, scheduler, *, device, precision="fp32", grad_accum=1,
+                grad_clip=None, label_smoothing=0.0, scaler=None) -> dict[str, float]:
+    """Returns the mean training loss and the number of samples this rank saw."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    samples, micro = 0, 0
+    for (x, y), last in _flag_last(batches):
+        micro += 1
+        step_now = micro == grad_accum or last
+        with _gradient_sync(model, step_now):
+            with autocast(device, precision):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            scaled = loss / grad_accum
+            (scaler.scale(scaled) if scaler else scaled).backward()
+        loss_sum += loss.detach() * len(y)
+        samples += len(y)
+        if step_now:
+            _optimizer_step(model, optimizer, scaler, grad_clip, rescale=grad_accum / micro)
+            scheduler.step()
+            micro = 0
+    return {"loss": (loss_sum / max(samples, 1)).item(), "samples": samples}
+
+
+def _optimizer_step(model, optimizer, scaler, grad_clip, rescale: float):
+    if scaler:
+        scaler.unscale_(optimizer)
+    if rescale != 1.0:
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(rescale)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def evaluate(model, batches, *, num_classes: int, device, precision="fp32", input_shape=None) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 over the union of every rank's batches.
+
+    `batches` is this rank's disjoint share of the split. Under FSDP each forward is a
+    collective, so a rank with fewer batches runs dummy forwards until all ranks have run as
+    many (`input_shape` is needed for that).
+    """
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    steps = 0
+    for x, y in batches:
+        with autocast(device, precision):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        confusion += confusion_matrix(y, logits.argmax(-1), num_classes)
+        steps += 1
+    if hasattr(model, "set_requires_gradient_sync") and dist.is_initialized():   # FSDP2: even out forwards
+        most = torch.tensor(steps, device=device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        for _ in range(int(most) - steps):
+            model(torch.zeros((1, *input_shape), device=device))
+    totals = all_reduce_sum(torch.cat([confusion.flatten().double(), loss_sum.view(1)]))
+    return summarize(totals[:-1].view(num_classes, num_classes), totals[-1].item())

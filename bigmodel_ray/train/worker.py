@@ -1,0 +1,128 @@
+"""The per-worker training loop that Ray Train runs on every rank.
+
+setup (model, strategy, optimizer, resume) -> for each epoch: train, validate on all ranks,
+log, report (+ checkpoint every N epochs) -> test. Rank 0 writes the epoch log and returns
+the test metrics, which the driver receives as `Result.return_value`.
+"""
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from bigmodel_ray.models import build_model, shard_units
+from bigmodel_ray.spec import JobSpec
+from bigmodel_ray.train.optim import build_optimizer, build_scheduler
+from bigmodel_ray.train.shards import EvalBatches, TrainBatches
+from bigmodel_ray.train.state import gather_state, read_state, restore_state, save_state
+from bigmodel_ray.train.steps import evaluate, train_epoch
+
+METRICS_FILE = "metrics.jsonl"
+EVAL_BATCH = 512
+
+
+def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device) -> torch.nn.Module:
+    if strategy == "fsdp":
+        # FSDP2: each unit's parameters are sharded across ranks and gathered per forward.
+        from torch.distributed.fsdp import fully_shard
+        model.to(device)
+        for unit in shard_units(model):
+            fully_shard(unit)
+        return fully_shard(model)
+    return ray.train.torch.prepare_model(model)     # DDP when world size > 1 (gloo on CPU, nccl on GPU)
+
+
+class EpochLog:
+    """`metrics.jsonl` in the run folder: one JSON object per finished epoch (rank 0 only)."""
+
+    def __init__(self, run_dir: str, enabled: bool):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.enabled = enabled
+
+    def truncate_to(self, epochs_done: int) -> None:
+        """Drop epochs that a crash logged but never checkpointed: they will run again."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path)
+
+    def append(self, row: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def train_worker(config: dict) -> dict:
+    spec = JobSpec.model_validate(config["spec"])
+    t, data = spec.train, spec.data
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    input_shape, num_classes = tuple(config["input_shape"]), config["num_classes"]
+
+    torch.manual_seed(spec.seed)                      # identical initial weights on every rank
+    model = wrap_model(build_model(spec.model.name, input_shape, num_classes, **spec.model.args), t.strategy, device)
+    optimizer = build_optimizer(model.parameters(), t)
+    scheduler = build_scheduler(optimizer, t, config["steps_per_epoch"])
+    scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
+
+    epochs_done = 0
+    if checkpoint := ray.train.get_checkpoint():
+        with checkpoint.as_directory() as d:
+            epochs_done = restore_state(read_state(d), model, optimizer, scheduler, scaler, rank)
+    else:
+        torch.manual_seed(spec.seed * 1_000_003 + rank)  # per-rank dropout streams
+
+    log = EpochLog(config["run_dir"], enabled=rank == 0)
+    log.truncate_to(epochs_done)
+    train_batches = TrainBatches(ray.train.get_dataset_shard("train"), batch_size=t.batch_size,
+                                 in_memory=data.in_memory, seed=spec.seed, rank=rank, device=device)
+    eval_sets = {name: EvalBatches(ray.train.get_dataset_shard(name), batch_size=EVAL_BATCH, in_memory=data.in_memory,
+                                   rank=rank, world_size=world, device=device) for name in ("val", "test")}
+    # DDP's forward broadcasts buffers (a collective); evaluate the inner module so ranks with
+    # one batch fewer never wait on each other. FSDP2 evens out forwards inside `evaluate`.
+    eval_model = model.module if isinstance(model, DistributedDataParallel) else model
+
+    def run_eval(name):
+        return evaluate(eval_model, eval_sets[name], num_classes=num_classes, device=device,
+                        precision=t.precision, input_shape=input_shape)
+
+    meta = {"model": spec.model.model_dump(), "input_shape": list(input_shape), "num_classes": num_classes}
+    for epoch in range(epochs_done, t.epochs):
+        start = time.perf_counter()
+        train = train_epoch(model, train_batches.epoch(epoch), optimizer, scheduler, device=device,
+                            precision=t.precision, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
+                            label_smoothing=t.label_smoothing, scaler=scaler)
+        train_s = time.perf_counter() - start
+        val = run_eval("val")
+        row = {
+            "epoch": epoch + 1, "train_loss": train["loss"],
+            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"],
+            "lr": scheduler.get_last_lr()[0],
+            "samples_per_s": train["samples"] * world / train_s, "train_s": train_s,
+            "epoch_s": time.perf_counter() - start,
+        }
+        log.append(row)
+        save = (epoch + 1) % spec.checkpoint.every == 0 or epoch + 1 == t.epochs
+        state = gather_state(model, optimizer, scheduler, scaler, epoch + 1, meta) if save else None
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if state is not None:
+                save_state(state, tmp)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(row, checkpoint=checkpoint)
+
+    test = run_eval("test")
+    return {"test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_f1": test["f1"],
+            "test_count": test["count"], "epochs": t.epochs, "resumed_from_epoch": epochs_done,
+            "worker_pid": os.getpid()}
