@@ -19,7 +19,8 @@ def format_epoch(row: dict, epochs: int) -> str:
 
 
 class EpochPrinter:
-    def __init__(self, metrics_path: Path, epochs: int, first_epoch: int, stream=sys.stdout):
+    def __init__(self, metrics_path: Path, epochs: int, first_epoch: int, stream=None):
+        stream = stream or sys.stdout
         self.path, self.epochs, self.stream = metrics_path, epochs, stream
         self.seen = first_epoch
         self._stop = threading.Event()

@@ -184,11 +184,15 @@ def validate(raw: dict, source: str) -> JobSpec:
         raise SpecError(f"{source}: {_describe(errors[0])}{more}") from None
 
 
+def _num(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 _MESSAGES = {
-    "greater_than": lambda c: f"must be > {c['gt']}",
-    "greater_than_equal": lambda c: f"must be >= {c['ge']}",
-    "less_than": lambda c: f"must be < {c['lt']}",
-    "less_than_equal": lambda c: f"must be <= {c['le']}",
+    "greater_than": lambda c: f"must be > {_num(c['gt'])}",
+    "greater_than_equal": lambda c: f"must be >= {_num(c['ge'])}",
+    "less_than": lambda c: f"must be < {_num(c['lt'])}",
+    "less_than_equal": lambda c: f"must be <= {_num(c['le'])}",
     "extra_forbidden": lambda c: "unknown key",
     "missing": lambda c: "required key is missing",
     "literal_error": lambda c: f"must be {c['expected']}",

@@ -98,7 +98,6 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "run_dir": str(run_dir), "workers": res.workers, "use_gpu": use_gpu, "params": n_params,
     }
-    summary.pop("worker_pid", None)
     _write_atomic(run_dir / RESULT_FILE, json.dumps(summary, indent=2) + "\n")
     say(f"{spec.name}: test_accuracy {summary['test_accuracy']:.4f}  test_f1 {summary['test_f1']:.4f}  "
         f"({summary['epochs']} epochs, {summary['epochs_this_run']} this run, {wall_s:.1f}s) -> {run_dir}")

@@ -4,7 +4,8 @@ Train: the `train` shard (rows split evenly across workers by Ray). With `in_mem
 pass keeps the rows as tensors and later epochs reshuffle them locally (small data: no per-epoch
 streaming cost); otherwise every epoch streams the shard with a seeded local shuffle buffer.
 Eval: `val`/`test` are not split by Ray (an even split may drop rows), so each worker takes
-every world_size-th batch: together the workers cover every row exactly once.
+every world_size-th row (in memory) or batch (streaming): together the workers cover every
+row exactly once.
 """
 
 import torch
@@ -54,8 +55,8 @@ class EvalBatches:
         if self.in_memory:
             if self._cache is None:
                 x, y = _materialize(self.shard, self.device)
+                x, y = x[self.rank::self.world_size], y[self.rank::self.world_size]
                 self._cache = list(zip(x.split(self.batch_size), y.split(self.batch_size)))
-            batches = self._cache
-        else:
-            batches = _iter_xy(self.shard, self.batch_size, self.device) if self.shard is not None else ()
+            return iter(self._cache)
+        batches = _iter_xy(self.shard, self.batch_size, self.device) if self.shard is not None else ()
         return (b for i, b in enumerate(batches) if i % self.world_size == self.rank)

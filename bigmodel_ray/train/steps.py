@@ -90,23 +90,30 @@ def evaluate(model, batches, *, num_classes: int, device, precision="fp32", inpu
     """Loss, accuracy and macro-F1 over the union of every rank's batches.
 
     `batches` is this rank's disjoint share of the split. Under FSDP each forward is a
-    collective, so a rank with fewer batches runs dummy forwards until all ranks have run as
-    many (`input_shape` is needed for that).
+    collective, so a rank that runs out of batches runs dummy forwards until every rank has
+    (`input_shape` is needed for that).
     """
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    steps = 0
-    for x, y in batches:
+    lockstep = hasattr(model, "set_requires_gradient_sync") and dist.is_initialized()   # FSDP2
+    batches = iter(batches)
+    while True:
+        batch = next(batches, None)
+        if lockstep:   # every forward is a collective: ranks agree whether anyone still has a batch
+            more = torch.tensor(int(batch is not None), device=device)
+            dist.all_reduce(more, op=dist.ReduceOp.MAX)
+            if not more:
+                break
+            if batch is None:
+                model(torch.zeros((1, *input_shape), device=device))
+                continue
+        elif batch is None:
+            break
+        x, y = batch
         with autocast(device, precision):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         confusion += confusion_matrix(y, logits.argmax(-1), num_classes)
-        steps += 1
-    if hasattr(model, "set_requires_gradient_sync") and dist.is_initialized():   # FSDP2: even out forwards
-        most = torch.tensor(steps, device=device)
-        dist.all_reduce(most, op=dist.ReduceOp.MAX)
-        for _ in range(int(most) - steps):
-            model(torch.zeros((1, *input_shape), device=device))
     totals = all_reduce_sum(torch.cat([confusion.flatten().double(), loss_sum.view(1)]))
     return summarize(totals[:-1].view(num_classes, num_classes), totals[-1].item())

@@ -6,7 +6,6 @@ the test metrics, which the driver receives as `Result.return_value`.
 """
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -125,4 +124,17 @@ def train_worker(config: dict) -> dict:
     test = run_eval("test")
     return {"test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_f1": test["f1"],
             "test_count": test["count"], "epochs": t.epochs, "resumed_from_epoch": epochs_done,
-            "worker_pid": os.getpid()}
+            "rank_param_checksums": _rank_checksums(model, t.strategy, world)}
+
+
+def _rank_checksums(model, strategy: str, world: int) -> list[float] | None:
+    """Every rank's sum over its parameters: equal numbers show DDP ranks stayed in sync."""
+    if strategy == "fsdp":       # parameters are sharded: ranks hold different pieces by design
+        return None
+    local = sum(p.detach().double().sum().item() + p.detach().double().square().sum().item()
+                for p in model.parameters())
+    sums = [local]
+    if world > 1:
+        sums = [None] * world
+        torch.distributed.all_gather_object(sums, local)
+    return sums

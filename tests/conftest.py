@@ -1,0 +1,53 @@
+import os
+
+# Read by ray.init and forwarded to Train controller/workers: must be set before Ray starts.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")                  # local test cluster: loopback only
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One embedded Ray instance for the whole session (starting Ray costs ~10 s)."""
+    import ray
+
+    from bigmodel_ray.runtime import start_ray
+
+    start_ray()
+    yield
+    ray.shutdown()
+
+
+TINY_JOB = {
+    "kind": "train",
+    "seed": 0,
+    "data": {"source": "mnist1d"},
+    "model": {"name": "cnn1d", "args": {"channels": [8, 16], "kernel_size": 5}},
+    "train": {"epochs": 2, "batch_size": 128, "optimizer": {"name": "adamw", "lr": 0.01}},
+    "resources": {"workers": 2},
+}
+
+
+@pytest.fixture
+def tiny_job(tmp_path):
+    """Write a tiny MNIST-1D job (2 workers, 2 epochs) whose runs land in tmp_path/runs."""
+
+    def write(name="tiny", **sections) -> Path:
+        job = {**TINY_JOB, "name": name, "storage": str(tmp_path / "runs")}
+        for key, value in sections.items():
+            job[key] = {**job.get(key, {}), **value} if isinstance(value, dict) else value
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(job))
+        return path
+
+    return write

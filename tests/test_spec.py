@@ -1,0 +1,77 @@
+import subprocess
+import sys
+
+import pytest
+
+from bigmodel_ray.spec import SpecError, load_job
+from conftest import ROOT
+
+JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("job", JOBS, ids=lambda p: p.name)
+def test_shipped_jobs_validate_and_show_their_command(job):
+    spec = load_job(job)
+    assert spec.name == job.stem
+    assert job.read_text().startswith("# bigmodel-ray run jobs/")
+
+
+def test_defaults_and_overrides(tiny_job):
+    spec = load_job(tiny_job(), ["train.epochs=3", "train.optimizer.name=sgd", "model.args.channels=[4, 8]",
+                                 "train.grad_clip=1.5", "resources.use_gpu=false"])
+    assert spec.train.epochs == 3 and spec.train.optimizer.name == "sgd"
+    assert spec.model.args["channels"] == [4, 8] and spec.train.grad_clip == 1.5
+    assert spec.resources.use_gpu is False
+    assert spec.train.precision == "fp32" and spec.checkpoint.keep == 2     # documented defaults
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=-1", "train.epochs: must be > 0 (got -1)"),
+    ("train.epochz=3", "train.epochz: unknown key"),
+    ("train.precision=fp8", "train.precision: must be 'fp32', 'bf16' or 'fp16' (got 'fp8')"),
+    ("model.name=resnet999", "model.name: must be one of mlp | cnn1d | cnn2d | transformer (got 'resnet999')"),
+    ("model.args.width=3", "model.args: unknown argument 'width' for model 'cnn1d'"),
+    ("data.source=imagenet", "data.source: must be one of"),
+    ("resources.use_gpu=maybe", "resources.use_gpu: must be true, false or auto (got 'maybe')"),
+    ("train.optimizer.lr=0", "train.optimizer.lr: must be > 0 (got 0)"),
+    ("train=7", "train: must be a mapping of keys (got 7)"),
+    ("name=../escape", "name: must be letters, digits"),
+    ("failure.max_failures=-2", "failure.max_failures: must be >= -1 (got -2)"),
+])
+def test_bad_values_name_file_and_key(tiny_job, override, message):
+    path = tiny_job()
+    with pytest.raises(SpecError) as e:
+        load_job(path, [override])
+    assert str(e.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(e.value)
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(SpecError, match="cannot read"):
+        load_job(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: [\n")
+    with pytest.raises(SpecError, match=r"bad.yaml: line \d+: not valid YAML"):
+        load_job(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(SpecError, match="must be a YAML mapping"):
+        load_job(bad)
+    with pytest.raises(SpecError, match="expected KEY.PATH=VALUE"):
+        load_job(ROOT / "jobs" / "quickstart.yaml", ["train.epochs"])
+
+
+def test_cli_bad_spec_exits_2_with_one_line(tiny_job):
+    path = tiny_job()
+    out = subprocess.run([sys.executable, "-m", "bigmodel_ray", "run", str(path), "--set", "train.epochs=-1"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    assert out.stderr == f"error: {path}: train.epochs: must be > 0 (got -1)\n"
+    assert out.stdout == ""
+    assert not (path.parent / "runs").exists()        # nothing written for a rejected job
+
+
+def test_cli_validate_prints_resolved_spec(tiny_job):
+    out = subprocess.run([sys.executable, "-m", "bigmodel_ray", "validate", str(tiny_job()), "--set", "seed=7"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "seed: 7" in out.stdout and "precision: fp32" in out.stdout and "keep: 2" in out.stdout
