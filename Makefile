@@ -1,13 +1,12 @@
 # `make run` and `make test` each build .venv (once) and install what they need.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-all bench clean
+.PHONY: run test test-slow bench clean
 
 $(BIN)/bigmodel-ray: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: this pin is a local CPU wheel; anything else downloads a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
@@ -17,7 +16,10 @@ run: $(BIN)/bigmodel-ray
 	$(BIN)/bigmodel-ray run jobs/quickstart.yaml
 
 test: $(BIN)/bigmodel-ray
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+
+test-slow: $(BIN)/bigmodel-ray
+	$(BIN)/python -m pytest -q -m slow --durations=10
 
 bench: $(BIN)/bigmodel-ray
 	$(BIN)/python benchmarks/ddp_overhead.py

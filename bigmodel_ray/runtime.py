@@ -8,9 +8,13 @@ import sys
 def start_ray(address: str | None = None, verbose: bool = False) -> None:
     """Embedded Ray in this process (address None) or attach to a running cluster."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # The Train controller polls workers this often (default 2 s): it bounds how soon a
-    # report, a checkpoint or the end of a run is noticed.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    if address is None:
+        # Ray starts worker processes at nice 15 so its control plane stays responsive; on a
+        # machine of our own that only makes training yield to every other process (measured:
+        # 0.84x of torchrun's throughput on 2 cores). Run workers at normal priority, as torchrun does.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        # Spot-instance preemption watching means nothing for a single embedded node.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if not verbose:
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     import ray

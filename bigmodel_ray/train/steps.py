@@ -57,7 +57,7 @@ def train_epoch(model, batches, optimizer, scheduler, *, device, precision="fp32
             with autocast(device, precision):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-            scaled = loss / grad_accum
+            scaled = loss / grad_accum if grad_accum > 1 else loss
             (scaler.scale(scaled) if scaler else scaled).backward()
         loss_sum += loss.detach() * len(y)
         samples += len(y)

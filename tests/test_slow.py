@@ -1,0 +1,78 @@
+"""Minutes-long checks, run by CI after the default suite: `make test-slow`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bigmodel_ray.cli import main
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("job, floor", [("quickstart", 0.93), ("digits_cnn", 0.97), ("mnist1d_transformer", 0.90)])
+def test_shipped_jobs_reach_their_accuracy(ray_cluster, tmp_path, job, floor):
+    assert main(["run", str(ROOT / "jobs" / f"{job}.yaml"), "--set", f"storage={tmp_path}"]) == 0
+    result = json.loads((tmp_path / job / "result.json").read_text())
+    print(f"{job}: test_accuracy {result['test_accuracy']:.4f} in {result['wall_s']:.0f}s")
+    assert result["test_accuracy"] >= floor
+
+
+def _processes_mentioning(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="ignore"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _kill_run(driver: subprocess.Popen, ray_tmp: str) -> None:
+    """SIGKILL the driver's process group, then any Ray process of its private temp dir."""
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    for _ in range(50):
+        left = [p for p in _processes_mentioning(ray_tmp) if p != os.getpid()]
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
+def test_killed_driver_resumes_on_rerun(tiny_job, tmp_path):
+    job = tiny_job("driverkill", train={"epochs": 8, "batch_size": 32})
+    ray_tmp = str(tmp_path / "ray")   # own Ray temp dir: its processes are found (and killed) by this path
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    cmd = [sys.executable, "-m", "bigmodel_ray", "run", str(job)]
+    metrics = tmp_path / "runs" / "driverkill" / "metrics.jsonl"
+
+    driver = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert driver.poll() is None and time.time() < deadline, "run ended before it could be killed"
+            time.sleep(0.1)
+    finally:
+        _kill_run(driver, ray_tmp)
+    assert not (metrics.parent / "result.json").exists()
+
+    rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    _kill_run(subprocess.Popen(["true"], start_new_session=True), ray_tmp)   # nothing should be left; make sure
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming from the last checkpoint" in rerun.stdout
+    result = json.loads((metrics.parent / "result.json").read_text())
+    assert result["resumed_from_epoch"] >= 2 and result["epochs"] == 8
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == list(range(1, 9))
