@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             c.add_argument("--address", help="attach to a running Ray cluster instead of starting one")
             c.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and worker output")
+            c.add_argument("--dashboard", action="store_true",
+                           help="start Ray's dashboard (http://127.0.0.1:8265) with the embedded Ray")
     return p
 
 
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
         from bigmodel_ray.runtime import start_ray
 
         recipe = importlib.import_module(RECIPES[spec.kind])
-        start_ray(args.address, args.verbose)
+        start_ray(args.address, args.verbose, args.dashboard)
         recipe.run(spec, args.job)
         return 0
     except SpecError as e:

@@ -5,8 +5,12 @@ import os
 import sys
 
 
-def start_ray(address: str | None = None, verbose: bool = False) -> None:
-    """Embedded Ray in this process (address None) or attach to a running cluster."""
+def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool = False) -> None:
+    """Embedded Ray in this process (address None) or attach to a running cluster.
+
+    The embedded instance runs without the dashboard unless asked: its processes cost ~1 % of
+    a 2-core machine's throughput (benchmarks/RESULTS.md), and a one-job instance rarely needs it.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
         # Ray starts worker processes at nice 15 so its control plane stays responsive; on a
@@ -22,7 +26,7 @@ def start_ray(address: str | None = None, verbose: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    ray.init(address=address, log_to_driver=verbose,
+    ray.init(address=address, log_to_driver=verbose, include_dashboard=dashboard if address is None else None,
              logging_level=logging.INFO if verbose else logging.ERROR)
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.print_on_execution_start = verbose

@@ -23,7 +23,7 @@ def ray_cluster():
 
     from bigmodel_ray.runtime import start_ray
 
-    start_ray()
+    start_ray(dashboard=True)     # the state API (used to find worker pids) needs the dashboard
     yield
     ray.shutdown()
 

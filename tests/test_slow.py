@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +55,9 @@ def _kill_run(driver: subprocess.Popen, ray_tmp: str) -> None:
 
 def test_killed_driver_resumes_on_rerun(tiny_job, tmp_path):
     job = tiny_job("driverkill", train={"epochs": 8, "batch_size": 32})
-    ray_tmp = str(tmp_path / "ray")   # own Ray temp dir: its processes are found (and killed) by this path
+    # Own Ray temp dir (short: Ray's socket paths must fit in 107 bytes): its processes are
+    # found, and killed, by this path.
+    ray_tmp = tempfile.mkdtemp(prefix="bmr-", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     cmd = [sys.executable, "-m", "bigmodel_ray", "run", str(job)]
     metrics = tmp_path / "runs" / "driverkill" / "metrics.jsonl"
@@ -69,8 +73,11 @@ def test_killed_driver_resumes_on_rerun(tiny_job, tmp_path):
         _kill_run(driver, ray_tmp)
     assert not (metrics.parent / "result.json").exists()
 
-    rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    _kill_run(subprocess.Popen(["true"], start_new_session=True), ray_tmp)   # nothing should be left; make sure
+    try:
+        rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        _kill_run(subprocess.Popen(["true"], start_new_session=True), ray_tmp)   # nothing should be left; make sure
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming from the last checkpoint" in rerun.stdout
     result = json.loads((metrics.parent / "result.json").read_text())

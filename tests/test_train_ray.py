@@ -45,8 +45,10 @@ def test_cli_run_ddp_end_to_end(tiny_job, tmp_path, capsys):
     assert not any(k.startswith("module.") for k in state["model"])      # plain keys, loadable anywhere
 
 
-def test_bf16_with_grad_accumulation(tiny_job):
-    spec = load_job(tiny_job("bf16", train={"precision": "bf16", "grad_accum": 2, "batch_size": 64}))
+def test_bf16_with_grad_accumulation_streaming(tiny_job):
+    # in_memory: false streams the Ray Data shard every epoch instead of caching it.
+    spec = load_job(tiny_job("bf16", train={"precision": "bf16", "grad_accum": 2, "batch_size": 64},
+                             data={"source": "mnist1d", "in_memory": False}))
     result = train_recipe.run(spec, "bf16.yaml", say=lambda _: None)
     assert result["test_accuracy"] > 0.25                                  # chance is 0.10
     assert result["rank_param_checksums"][0] == pytest.approx(result["rank_param_checksums"][1], rel=1e-12)
@@ -96,10 +98,19 @@ def test_killed_worker_is_replaced_and_training_continues(tiny_job, tmp_path):
     assert result["epochs"] == 8 and _epochs(metrics.parent) == list(range(1, 9))
 
 
-def test_fp16_on_cpu_is_a_clear_error(tiny_job, capsys):
+def test_fp16_on_cpu_is_a_clear_error(tiny_job, capsys, tmp_path):
     job = tiny_job("fp16", train={"precision": "fp16"}, resources={"use_gpu": False})
     assert main(["run", str(job)]) == 2
-    assert "train.precision: fp16 needs a GPU" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: {job}: train.precision: fp16 needs a GPU (none is used here); use bf16 on CPU\n"
+    assert not (tmp_path / "runs" / "fp16").exists()
+
+
+def test_model_arguments_the_model_rejects_exit_2(tiny_job, capsys, tmp_path):
+    job = tiny_job("heads", model={"name": "transformer", "args": {"embed_dim": 30, "num_heads": 4}})
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {job}: model.args: embed_dim (30) must be divisible by num_heads (4)\n"
+    assert not (tmp_path / "runs" / "heads").exists()
 
 
 def test_checkpoint_loads_on_a_fresh_model(tiny_job, tmp_path):

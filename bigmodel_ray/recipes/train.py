@@ -25,9 +25,9 @@ class RunFailed(Exception):
     """Training raised on the workers or the controller; the message says where to look."""
 
 
-def run_dir_of(spec: JobSpec) -> Path:
+def run_dir_of(spec: JobSpec, source: str) -> Path:
     if "://" in spec.storage:
-        raise SpecError(f"storage: remote storage ({spec.storage}) is not supported for train jobs yet")
+        raise SpecError(f"{source}: storage: remote storage ({spec.storage}) is not supported for train jobs yet")
     return Path(spec.storage).expanduser().resolve() / spec.name
 
 
@@ -37,29 +37,32 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    run_dir = run_dir_of(spec)
+    run_dir = run_dir_of(spec, source)
     _check_same_job(run_dir, spec, source)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / SPEC_FILE, dump(spec))
 
     res = spec.resources
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= 1 if res.use_gpu == "auto" else res.use_gpu
+    # auto: GPUs only if every worker gets its own (NCCL cannot put two ranks on one GPU).
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= res.workers if res.use_gpu == "auto" else res.use_gpu
     if spec.train.precision == "fp16" and not use_gpu:
-        raise SpecError(f"{source}: train.precision: fp16 needs a GPU (loss scaling is CUDA-only here); "
-                        "use bf16 on CPU")
+        raise SpecError(f"{source}: train.precision: fp16 needs a GPU (none is used here); use bf16 on CPU")
 
     data = load_data(spec.data)
     rows_per_worker = data.rows["train"] // res.workers          # Ray splits train evenly
     micro_batches = math.ceil(rows_per_worker / spec.train.batch_size)
     steps_per_epoch = math.ceil(micro_batches / spec.train.grad_accum)
-    n_params = sum(p.numel() for p in build_model(spec.model.name, data.input_shape, data.num_classes,
-                                                  **spec.model.args).parameters())
+    try:   # the model's own argument checks, before any worker starts
+        model = build_model(spec.model.name, data.input_shape, data.num_classes, **spec.model.args)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{source}: model.args: {e}") from None
+    n_params = sum(p.numel() for p in model.parameters())
     t = spec.train
     say(f"{spec.name}: {spec.model.name} ({n_params:,} params) on {spec.data.source} "
         f"({data.rows['train']:,} train / {data.rows['val']:,} val / {data.rows['test']:,} test), "
         f"{res.workers} workers, {t.strategy} on {'GPU' if use_gpu else 'CPU'}, {t.precision}; "
         f"effective global batch {t.batch_size} x {t.grad_accum} accum x {res.workers} workers "
         f"= {t.batch_size * t.grad_accum * res.workers}")
+    run_dir.mkdir(parents=True, exist_ok=True)       # only now: a rejected job writes nothing
+    _write_atomic(run_dir / SPEC_FILE, dump(spec))
     done_before = _epochs_logged(run_dir)
     if done_before:
         say(f"{spec.name}: resuming from the last checkpoint in {run_dir} ({done_before} epochs logged)")

@@ -30,6 +30,8 @@ def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device) -> t
     if strategy == "fsdp":
         # FSDP2: each unit's parameters are sharded across ranks and gathered per forward.
         from torch.distributed.fsdp import fully_shard
+        if device.type == "cuda":
+            torch.cuda.set_device(device)      # fully_shard's default mesh uses the current device
         model.to(device)
         for unit in shard_units(model):
             fully_shard(unit)
