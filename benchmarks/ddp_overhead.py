@@ -81,6 +81,7 @@ def torchrun_worker(epochs: int, out: str) -> None:
     rates = _epochs(model, opt, x, y, spec.train.batch_size, epochs, rank)
     if rank == 0:
         Path(out).write_text(json.dumps([r * world for r in rates]))
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -96,7 +97,9 @@ def plain_torchrun(epochs: int) -> float:
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
                         __file__, "--torchrun-worker", str(out), "--epochs", str(epochs)],
-                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        # gloo occasionally aborts at process exit ("terminate called without an active
+        # exception") after the work is done; the measurement stands if it was written.
         return statistics.median(json.loads(out.read_text())[1:])
 
 

@@ -12,6 +12,9 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     a 2-core machine's throughput (benchmarks/RESULTS.md), and a one-job instance rarely needs it.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Train's controller polls its workers this often (Ray's default: 2 s); each epoch's
+    # report waits for a poll, so the default adds up to 2 s per epoch on short epochs.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     if address is None:
         # Ray starts worker processes at nice 15 so its control plane stays responsive; on a
         # machine of our own that only makes training yield to every other process (measured:
