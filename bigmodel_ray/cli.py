@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, no traceb
 import argparse
 import sys
 
+from bigmodel_ray.runtime import RunFailed
 from bigmodel_ray.spec import SpecError
 
 RECIPES = {"train": "bigmodel_ray.recipes.train"}
@@ -50,9 +51,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
-    except Exception as e:
-        if type(e).__name__ != "RunFailed":
-            raise
+    except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         if args.verbose:
             raise

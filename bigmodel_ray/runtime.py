@@ -5,6 +5,10 @@ import os
 import sys
 
 
+class RunFailed(Exception):
+    """A run raised on its workers or controller; the message says where to look."""
+
+
 def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool = False) -> None:
     """Embedded Ray in this process (address None) or attach to a running cluster.
 

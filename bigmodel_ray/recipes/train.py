@@ -15,14 +15,11 @@ import yaml
 from bigmodel_ray.data import load_data
 from bigmodel_ray.models import build_model
 from bigmodel_ray.progress import EpochPrinter
+from bigmodel_ray.runtime import RunFailed
 from bigmodel_ray.spec import JobSpec, SpecError, dump
-from bigmodel_ray.train.worker import METRICS_FILE, train_worker
+from bigmodel_ray.train.worker import METRICS_FILE, read_epoch_log, train_worker
 
 RESULT_FILE, SPEC_FILE = "result.json", "spec.yaml"
-
-
-class RunFailed(Exception):
-    """Training raised on the workers or the controller; the message says where to look."""
 
 
 def run_dir_of(spec: JobSpec, source: str) -> Path:
@@ -91,7 +88,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
                             f"(run folder {run_dir}; rerun with -v for worker logs)") from e
     wall_s = time.perf_counter() - start
 
-    history = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    history = read_epoch_log(run_dir)
     summary = {
         "name": spec.name, **result.return_value,
         "wall_s": round(wall_s, 2),
@@ -121,11 +118,7 @@ def _check_same_job(run_dir: Path, spec: JobSpec, source: str) -> None:
 
 
 def _epochs_logged(run_dir: Path) -> int:
-    path = run_dir / METRICS_FILE
-    if not path.exists():
-        return 0
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return max((r["epoch"] for r in rows), default=0)
+    return max((r["epoch"] for r in read_epoch_log(run_dir)), default=0)
 
 
 def _write_atomic(path: Path, text: str) -> None:

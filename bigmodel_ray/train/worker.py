@@ -39,6 +39,13 @@ def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device) -> t
     return ray.train.torch.prepare_model(model)     # DDP when world size > 1 (gloo on CPU, nccl on GPU)
 
 
+def read_epoch_log(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class EpochLog:
     """`metrics.jsonl` in the run folder: one JSON object per finished epoch (rank 0 only)."""
 
@@ -50,10 +57,9 @@ class EpochLog:
         """Drop epochs that a crash logged but never checkpointed: they will run again."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+        kept = [row for row in read_epoch_log(self.path.parent) if row["epoch"] <= epochs_done]
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
         tmp.replace(self.path)
 
     def append(self, row: dict) -> None:
