@@ -1,4 +1,4 @@
-"""`bigmodel-ray` command line: validate and run job files.
+"""`bigmodel-ray` command line: validate and run job files; prepare and inspect data.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, no traceback).
 """
@@ -25,12 +25,33 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and worker output")
             c.add_argument("--dashboard", action="store_true",
                            help="start Ray's dashboard (http://127.0.0.1:8265) with the embedded Ray")
+    from bigmodel_ray.data.cli import add_parser as add_data_parser
+
+    add_data_parser(sub)
     return p
+
+
+def _data_command(args) -> None:
+    from bigmodel_ray.data import cli as data_cli
+    from bigmodel_ray.data.sources import DataError
+    from bigmodel_ray.runtime import start_ray
+
+    try:
+        start_ray()
+        if args.data_command == "prepare":
+            data_cli.prepare(args.src, args.out, args.encoding, args.overrides)
+        else:
+            data_cli.inspect(args.src, args.overrides, args.grid, args.samples)
+    except DataError as e:
+        raise SpecError(f"{args.src}: data.{e.field}: {e}" if e.field != "out" else f"{args.out}: {e}") from None
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "data":
+            _data_command(args)
+            return 0
         from bigmodel_ray.spec import dump, load_job
 
         spec = load_job(args.job, args.overrides)
@@ -42,7 +63,8 @@ def main(argv=None) -> int:
         from bigmodel_ray.runtime import start_ray
 
         recipe = importlib.import_module(RECIPES[spec.kind])
-        start_ray(args.address, args.verbose, args.dashboard)
+        res = spec.resources
+        start_ray(args.address, args.verbose, args.dashboard, num_cpus=res.workers * res.cpus_per_worker + res.data_cpus)
         recipe.run(spec, args.job)
         return 0
     except SpecError as e:
@@ -53,7 +75,7 @@ def main(argv=None) -> int:
         return 130
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
-        if args.verbose:
+        if getattr(args, "verbose", False):
             raise
         return 1
 

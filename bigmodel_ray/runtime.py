@@ -1,6 +1,7 @@
 """Starting or joining Ray, quietly unless asked otherwise."""
 
 import logging
+import math
 import os
 import sys
 
@@ -9,8 +10,13 @@ class RunFailed(Exception):
     """A run raised on its workers or controller; the message says where to look."""
 
 
-def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool = False) -> None:
+def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool = False,
+              num_cpus: float | None = None) -> None:
     """Embedded Ray in this process (address None) or attach to a running cluster.
+
+    `num_cpus` (embedded only): logical CPUs to offer, at least the machine's cores. A job asks
+    for its trainers' CPUs plus `resources.data_cpus`, so the data pipeline's tasks always find a
+    CPU even when the trainers hold every core (they then share the cores, as they must).
 
     The embedded instance runs without the dashboard unless asked: its processes cost ~1 % of
     a 2-core machine's throughput (benchmarks/RESULTS.md), and a one-job instance rarely needs it.
@@ -33,7 +39,9 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
 
     if ray.is_initialized():
         return
-    ray.init(address=address, log_to_driver=verbose, include_dashboard=dashboard if address is None else None,
+    cpus = None if address is not None else math.ceil(max(os.cpu_count() or 1, num_cpus or 0))
+    ray.init(address=address, num_cpus=cpus, log_to_driver=verbose,
+             include_dashboard=dashboard if address is None else None,
              logging_level=logging.INFO if verbose else logging.ERROR)
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.print_on_execution_start = verbose

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bigmodel_ray.data import SOURCES
+from bigmodel_ray.data.builtin import BUILTIN
 from bigmodel_ray.models import MODELS, model_arg_names
 
 
@@ -32,12 +33,68 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class AugmentSpec(_Section):
+    """Keras ImageDataGenerator-style random augmentation of the train split (see data/augment.py)."""
+    rotation_range: float = Field(0.0, ge=0, le=180, description="degrees: uniform in [-r, r]")
+    width_shift_range: float = Field(0.0, ge=0, lt=1, description="fraction of the width: uniform in [-s, s]")
+    height_shift_range: float = Field(0.0, ge=0, lt=1, description="fraction of the height")
+    shear_range: float = Field(0.0, ge=0, lt=90, description="degrees: uniform in [-s, s]")
+    zoom_range: tuple[float, float] = Field((1.0, 1.0), description="[lo, hi] scale factors, x and y drawn independently")
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    fill_mode: Literal["nearest", "constant", "reflect", "wrap"] = "nearest"
+    cval: float = Field(0.0, ge=0, le=1, description="fill value for fill_mode constant: 0 black .. 1 white")
+    brightness_range: tuple[float, float] | None = Field(None, description="[lo, hi]: multiply pixels by U(lo, hi)")
+    on: Literal["data", "device"] = Field("data", description="data: OpenCV in Ray Data tasks; device: "
+                                                             "grid_sample on the training device (GPU)")
+
+    @field_validator("zoom_range", "brightness_range")
+    @classmethod
+    def _ordered(cls, v):
+        if v is not None and not 0 < v[0] <= v[1]:
+            raise ValueError("must be [lo, hi] with 0 < lo <= hi")
+        return v
+
+
+class NormalizeSpec(_Section):
+    mean: list[float] = Field(description="per channel, after scaling pixels to 0..1")
+    std: list[float] = Field(description="per channel")
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v, info):
+        if any(s <= 0 for s in v):
+            raise ValueError("must be > 0")
+        if len(v) != len(info.data.get("mean", v)):
+            raise ValueError("must have as many entries as mean")
+        return v
+
+
+FILE_SOURCES = ("parquet", "image_folder")
+
+
 class DataSpec(_Section):
-    source: str = Field(description="built-in data set: " + " | ".join(SOURCES))
+    source: str = Field(description="built-in set or a source kind: " + " | ".join(SOURCES))
+    path: str | None = Field(None, description="parquet: file, folder, glob or URI (s3://, gs://); "
+                                                "image_folder: a folder of class subfolders")
+    image_column: str = Field("image", description="parquet: column of encoded (PNG/JPEG) bytes or raw pixels")
+    label_column: str = Field("label", description="parquet: integer class column")
+    image_format: Literal["encoded", "raw"] = Field("encoded", description="parquet: how images are stored")
+    image_shape: tuple[int, int, int] | None = Field(None, description="parquet raw: [height, width, channels] (uint8)")
+    target_size: tuple[int, int] | None = Field(None, description="resize every image to [height, width]")
+    color_mode: Literal["rgb", "grayscale"] = Field("rgb", description="decoded channels")
+    count: int = Field(10_000, gt=0, description="synthetic: number of images")
+    image_size: int = Field(64, ge=8, description="synthetic: height and width")
+    num_classes: int = Field(10, ge=2, description="synthetic: classes")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the training rows held out for validation")
     test_fraction: float = Field(0.15, gt=0, lt=1, description="share held out for test where the set has no test split")
     split_seed: int = Field(0, description="fixes the train/val/test split, independent of the job seed")
-    in_memory: bool = Field(True, description="each worker keeps its shard in memory after the first pass")
+    in_memory: bool | Literal["auto"] = Field("auto", description="workers keep val/test (and un-augmented train) in "
+                                                                  "memory after the first pass; auto: built-in sets only")
+    normalize: NormalizeSpec | None = Field(None, description="per-channel mean/std after scaling to 0..1")
+    augment: AugmentSpec | None = Field(None, description="random augmentation of the train split")
+    on_bad_record: Literal["fail", "skip"] = Field("fail", description="an undecodable image: stop naming it, "
+                                                                       "or drop it and report the count at the end")
 
     @field_validator("source")
     @classmethod
@@ -45,6 +102,22 @@ class DataSpec(_Section):
         if v not in SOURCES:
             raise ValueError(f"must be one of {' | '.join(SOURCES)}")
         return v
+
+    @model_validator(mode="after")
+    def _fits_source(self):
+        if self.source in FILE_SOURCES and not self.path:
+            raise ValueError(f"path: required for source {self.source}")
+        if self.source not in FILE_SOURCES and self.path:
+            raise ValueError(f"path: only for sources {' | '.join(FILE_SOURCES)} (source is {self.source})")
+        if self.image_format == "raw" and self.image_shape is None:
+            raise ValueError("image_shape: required when image_format is raw ([height, width, channels])")
+        if self.source == "mnist1d" and self.augment is not None:
+            raise ValueError("augment: needs 2-D images; mnist1d is 1-D")
+        return self
+
+    @property
+    def keep_in_memory(self) -> bool:
+        return self.source in BUILTIN if self.in_memory == "auto" else self.in_memory
 
 
 class ModelSpec(_Section):
@@ -97,6 +170,8 @@ class TrainSpec(_Section):
 class ResourcesSpec(_Section):
     workers: int = Field(2, gt=0, description="Ray Train workers (DDP ranks)")
     cpus_per_worker: float = Field(1.0, gt=0)
+    data_cpus: float = Field(1.0, gt=0, description="CPUs kept free for Ray Data's read/decode/augment tasks; "
+                                                     "the embedded Ray counts them on top of the trainers'")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: one GPU per worker when the cluster has GPUs")
 
     @field_validator("use_gpu", mode="before")
@@ -175,6 +250,15 @@ def apply_overrides(raw: dict, overrides, source) -> dict:
     return raw
 
 
+def validate_section(model: type[BaseModel], raw: dict, source: str, prefix: str):
+    """Validate one section on its own (e.g. the data CLI's `data` fields)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise SpecError(f"{source}: {_describe({**err, 'loc': (prefix, *err['loc'])})}") from None
+
+
 def validate(raw: dict, source: str) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
@@ -208,6 +292,9 @@ def _describe(err: dict) -> str:
     msg = make(err.get("ctx", {})) if make else err["msg"].removeprefix("Value error, ")
     msg = msg.replace("Input should be", "must be")
     value = err.get("input")
+    # A section-level check names its own field ("path: required ..."): fold it into the key path.
+    if err["type"] == "value_error" and isinstance(value, dict) and (m := re.match(r"(\w+): (.*)", msg)):
+        loc, msg = f"{loc}.{m[1]}" if loc else m[1], m[2]
     if err["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict):
         msg += f" (got {value!r})"
     return f"{loc}: {msg}" if loc else msg

@@ -1,42 +1,74 @@
 """Data for jobs: every source becomes Ray Datasets with columns `x` (float32) and `y` (int64).
 
-Sources are registered in `SOURCES` by the name used in `data.source`. Built-in sets live in
-`builtin.py`; file-backed and generated sources (parquet, image folders, synthetic) and
-augmentation plug in here as further entries that return the same `DataBundle`.
+`sources.py` opens a source (built-in set, parquet, image folder, synthetic) as lazy datasets of
+stored rows per split; `pipeline.py` turns stored rows into model inputs in Ray Data tasks
+(decode, augment the train split, normalize). `load_data` puts the two together for a job.
 """
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from bigmodel_ray.data.builtin import BUILTIN
-
-SOURCES = dict(BUILTIN)
+SOURCES = ("digits", "mnist1d", "synthetic", "image_folder", "parquet")
 
 
 @dataclass
 class DataBundle:
     datasets: dict[str, "ray.data.Dataset"]   # "train", "val", "test"
-    rows: dict[str, int]
+    rows: dict[str, int]                      # exact, or estimated for hash-split parquet
     input_shape: tuple[int, ...]
     num_classes: int
+    class_names: list[str] | None
+    has_tasks: bool                           # the pipeline runs Ray Data tasks (needs CPUs beside training)
+    device_augment: "AugmentConfig | None"    # augment.on: device — the workers warp the train batches
 
 
-def load_splits(data_spec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return SOURCES[data_spec.source](data_spec.val_fraction, data_spec.test_fraction, data_spec.split_seed)
+def open_pipeline(data_spec, seed: int = 0):
+    """The opened source, the image format, and a function split -> that split's `Transform`."""
+    from bigmodel_ray.data.images import ImageFormat
+    from bigmodel_ray.data.pipeline import Transform, augment_config
+    from bigmodel_ray.data.sources import DataError, open_source
+
+    source = open_source(data_spec)
+    if source.storage == "array":
+        x = source.first_image                     # (C, H, W) images or (C, L) series
+        fmt = ImageFormat(x.shape[1], x.shape[2], x.shape[0]) if x.ndim == 3 else None
+        pixel_max, input_shape = 1.0, tuple(x.shape)
+    else:
+        if source.storage == "ids":
+            channels = 1 if data_spec.color_mode == "grayscale" else 3
+            fmt = ImageFormat(data_spec.image_size, data_spec.image_size, channels)
+        else:
+            fmt = ImageFormat.of(data_spec, source.first_image.shape[:2])
+        pixel_max, input_shape = 255.0, (fmt.channels, fmt.height, fmt.width)
+    norm = data_spec.normalize
+    if norm is not None and fmt is not None and len(norm.mean) not in (1, fmt.channels):
+        raise DataError("normalize", f"has {len(norm.mean)} channels, the images have {fmt.channels}")
+    aug = augment_config(data_spec.augment, pixel_max) if data_spec.augment else None
+    on_device = aug is not None and data_spec.augment.on == "device"
+
+    def transform(name: str) -> Transform:
+        return Transform(
+            storage=source.storage, fmt=fmt, image_column=data_spec.image_column, label_column=data_spec.label_column,
+            raw_shape=data_spec.image_shape,
+            synthetic=(data_spec.image_size, data_spec.num_classes) if source.storage == "ids" else None,
+            split_seed=data_spec.split_seed, keep_share=source.hash_split.get(name),
+            augment=aug if name == "train" and not on_device else None, emit_key=name == "train" and on_device,
+            seed=seed, mean=tuple(norm.mean) if norm else None, std=tuple(norm.std) if norm else None,
+            skip_bad=data_spec.on_bad_record == "skip")
+
+    return source, fmt, input_shape, transform, (aug if on_device else None)
 
 
-def load_data(data_spec) -> DataBundle:
-    """The job's splits as Ray Datasets (needs a running Ray)."""
-    import ray.data
+def load_data(data_spec, seed: int = 0, state=None) -> DataBundle:
+    """The job's splits as Ray Datasets (needs a running Ray). `state`: a PipelineState actor."""
+    from bigmodel_ray.data.pipeline import batch_rows, transform_batch
 
-    splits = load_splits(data_spec)
-    x_train, y_train = splits["train"]
-    datasets = {name: ray.data.from_items([{"x": xi, "y": yi} for xi, yi in zip(x, y)])
-                for name, (x, y) in splits.items()}
-    return DataBundle(
-        datasets=datasets,
-        rows={name: len(y) for name, (_, y) in splits.items()},
-        input_shape=tuple(x_train.shape[1:]),
-        num_classes=int(max(y.max() for _, y in splits.values() if len(y)) + 1),
-    )
+    source, fmt, input_shape, transform, device_aug = open_pipeline(data_spec, seed)
+    datasets = {}
+    for name, ds in source.splits.items():
+        t = transform(name)
+        passthrough = source.storage == "array" and t.augment is None and not t.emit_key and t.mean is None
+        datasets[name] = ds if passthrough else ds.map_batches(
+            transform_batch, fn_kwargs={"t": t, "state": state}, batch_size=batch_rows(fmt), batch_format="numpy")
+    return DataBundle(datasets=datasets, rows=source.rows, input_shape=input_shape, num_classes=source.num_classes,
+                      class_names=source.class_names, has_tasks=any(d is not source.splits[n] for n, d in datasets.items()),
+                      device_augment=device_aug)

@@ -56,19 +56,43 @@ def affine_matrix(height: int, width: int, *, angle=0.0, tx=0.0, ty=0.0, shear=0
     return (back @ rotate @ shear_m @ zoom @ flip @ to_origin)[:2]
 
 
+# Uniform draws per sample, in this order; each parameter is a fixed function of its own column,
+# so the same (seed, epoch, key) gives the same transform whatever the batch it lands in.
+_DRAWS = ("angle", "shear", "tx", "ty", "zx", "zy", "flip_h", "flip_v", "brightness")
+
+
+def draws_for_keys(keys, seed: int, epoch: int) -> np.ndarray:
+    """(n, len(_DRAWS)) uniforms in [0, 1): row i depends only on (seed, epoch, keys[i])."""
+    return np.stack([np.random.default_rng((seed, epoch, int(k) & (2**63 - 1))).random(len(_DRAWS))
+                     for k in keys]) if len(keys) else np.zeros((0, len(_DRAWS)))
+
+
+def params_from_draws(cfg: AugmentConfig, u: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Map uniforms to (n, 2, 3) warp matrices and (n,) brightness factors (None if unused)."""
+    col = dict(zip(_DRAWS, u.T))
+
+    def symmetric(name, r):
+        return (2 * col[name] - 1) * r
+
+    lo, hi = cfg.zoom_range
+    angle, shear = symmetric("angle", cfg.rotation_range), symmetric("shear", cfg.shear_range)
+    tx, ty = symmetric("tx", cfg.width_shift_range) * width, symmetric("ty", cfg.height_shift_range) * height
+    zx, zy = lo + (hi - lo) * col["zx"], lo + (hi - lo) * col["zy"]
+    flip_h = cfg.horizontal_flip & (col["flip_h"] < 0.5)
+    flip_v = cfg.vertical_flip & (col["flip_v"] < 0.5)
+    matrices = np.stack([affine_matrix(height, width, angle=angle[i], tx=tx[i], ty=ty[i], shear=shear[i], zx=zx[i],
+                                       zy=zy[i], flip_h=flip_h[i], flip_v=flip_v[i]) for i in range(len(u))]) \
+        if len(u) else np.zeros((0, 2, 3))
+    brightness = None
+    if cfg.brightness_range is not None:
+        b_lo, b_hi = cfg.brightness_range
+        brightness = b_lo + (b_hi - b_lo) * col["brightness"]
+    return matrices, brightness
+
+
 def sample_matrices(cfg: AugmentConfig, n: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """(n, 2, 3) independent random transforms."""
-    def uniform(r):
-        return rng.uniform(-r, r, n) if r else np.zeros(n)
-
-    angle, shear = uniform(cfg.rotation_range), uniform(cfg.shear_range)
-    tx, ty = uniform(cfg.width_shift_range) * width, uniform(cfg.height_shift_range) * height
-    lo, hi = cfg.zoom_range
-    zx, zy = (rng.uniform(lo, hi, n), rng.uniform(lo, hi, n)) if (lo, hi) != (1.0, 1.0) else (np.ones(n), np.ones(n))
-    flip_h = rng.random(n) < 0.5 if cfg.horizontal_flip else np.zeros(n, bool)
-    flip_v = rng.random(n) < 0.5 if cfg.vertical_flip else np.zeros(n, bool)
-    return np.stack([affine_matrix(height, width, angle=angle[i], tx=tx[i], ty=ty[i], shear=shear[i], zx=zx[i],
-                                   zy=zy[i], flip_h=flip_h[i], flip_v=flip_v[i]) for i in range(n)])
+    return params_from_draws(cfg, rng.random((n, len(_DRAWS))), height, width)[0]
 
 
 _IDENTITY = np.array([[1.0, 0, 0], [0, 1.0, 0]])
@@ -90,12 +114,24 @@ def warp_batch(images: np.ndarray, matrices: np.ndarray, fill_mode: str = "neare
     return out
 
 
-def augment_batch(images: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Random geometry (one resample per image), then random brightness."""
+def augment_batch(images: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator | None = None, *,
+                  draws: np.ndarray | None = None) -> np.ndarray:
+    """Random geometry (one resample per image), then random brightness.
+
+    Randomness comes from `rng`, or from precomputed `draws` (see `draws_for_keys`).
+    """
     n, h, w = images.shape[:3]
-    out = warp_batch(images, sample_matrices(cfg, n, h, w, rng), cfg.fill_mode, cfg.cval)
-    if cfg.brightness_range is not None:
-        factor = rng.uniform(*cfg.brightness_range, n).reshape(n, 1, 1, 1)
-        scaled = out.astype(np.float32) * factor
-        out = np.clip(scaled, 0, 255).astype(np.uint8) if images.dtype == np.uint8 else scaled.astype(images.dtype)
+    u = draws if draws is not None else rng.random((n, len(_DRAWS)))
+    matrices, brightness = params_from_draws(cfg, u, h, w)
+    out = warp_batch(images, matrices, cfg.fill_mode, cfg.cval)
+    if brightness is not None:
+        out = apply_brightness(out, brightness)
     return out
+
+
+def apply_brightness(images: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Scale pixel values; uint8 saturates at 255, float images (0..1) at 1."""
+    scaled = images.astype(np.float32) * factors.reshape(-1, *([1] * (images.ndim - 1))).astype(np.float32)
+    if images.dtype == np.uint8:
+        return np.clip(scaled, 0, 255).astype(np.uint8)
+    return np.clip(scaled, 0, 1).astype(images.dtype)

@@ -7,12 +7,15 @@ again resumes after the last checkpoint; a finished run resumes into just the te
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
 import yaml
 
 from bigmodel_ray.data import load_data
+from bigmodel_ray.data.pipeline import start_state
+from bigmodel_ray.data.sources import DataError
 from bigmodel_ray.models import build_model
 from bigmodel_ray.progress import EpochPrinter
 from bigmodel_ray.runtime import RunFailed
@@ -43,7 +46,12 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     if spec.train.precision == "fp16" and not use_gpu:
         raise SpecError(f"{source}: train.precision: fp16 needs a GPU (none is used here); use bf16 on CPU")
 
-    data = load_data(spec.data)
+    state = start_state() if spec.data.augment is not None or spec.data.on_bad_record == "skip" else None
+    try:
+        data = load_data(spec.data, spec.seed, state)
+    except DataError as e:
+        raise SpecError(f"{source}: data.{e.field}: {e}") from None
+    _check_data_cpus(data, res, source)
     rows_per_worker = data.rows["train"] // res.workers          # Ray splits train evenly
     micro_batches = math.ceil(rows_per_worker / spec.train.batch_size)
     steps_per_epoch = math.ceil(micro_batches / spec.train.grad_accum)
@@ -68,7 +76,8 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         train_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": str(run_dir),
                            "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-                           "steps_per_epoch": steps_per_epoch},
+                           "steps_per_epoch": steps_per_epoch, "pipeline_state": state,
+                           "device_augment": data.device_augment},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         datasets=data.datasets,
@@ -84,6 +93,8 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError as e:
+            if bad := _bad_record(e):     # bad input, not a failed run: exit 2 like any spec error
+                raise SpecError(f"{source}: data: {bad} (data.on_bad_record: skip drops such records)") from None
             raise RunFailed(f"{spec.name}: training failed: {_first_line(e)} "
                             f"(run folder {run_dir}; rerun with -v for worker logs)") from e
     wall_s = time.perf_counter() - start
@@ -98,10 +109,29 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "run_dir": str(run_dir), "workers": res.workers, "use_gpu": use_gpu, "params": n_params,
     }
+    if state is not None:
+        summary["skipped_records"], examples = ray.get(state.skipped_report.remote())
+        if summary["skipped_records"]:
+            say(f"{spec.name}: skipped {summary['skipped_records']} bad records (data.on_bad_record: skip), "
+                f"e.g. {'; '.join(examples)}")
     _write_atomic(run_dir / RESULT_FILE, json.dumps(summary, indent=2) + "\n")
     say(f"{spec.name}: test_accuracy {summary['test_accuracy']:.4f}  test_f1 {summary['test_f1']:.4f}  "
         f"({summary['epochs']} epochs, {summary['epochs_this_run']} this run, {wall_s:.1f}s) -> {run_dir}")
     return summary
+
+
+def _check_data_cpus(data, res, source: str) -> None:
+    """Ray Data's tasks need whole CPUs that the trainers do not hold, or the run hangs."""
+    import ray
+
+    if not data.has_tasks:
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    free = total - res.workers * res.cpus_per_worker
+    if free < 1:
+        raise SpecError(f"{source}: resources: {res.workers} workers x {res.cpus_per_worker:g} CPUs leave {free:g} of "
+                        f"the cluster's {total:g} CPUs for the data pipeline's tasks (needs >= 1); "
+                        f"lower resources.cpus_per_worker or add CPUs")
 
 
 def _check_same_job(run_dir: Path, spec: JobSpec, source: str) -> None:
@@ -130,6 +160,21 @@ def _write_atomic(path: Path, text: str) -> None:
 def _median(values):
     values = sorted(values)
     return values[len(values) // 2] if values else None
+
+
+def _bad_record(e: BaseException) -> str | None:
+    """The BadRecord message behind a worker failure (it arrives wrapped in Ray's task errors)."""
+    pending = [e, *getattr(e, "worker_failures", {}).values()]
+    seen = set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if match := re.search(r"BadRecord: (.+)", str(exc)):
+            return match[1].strip()
+        pending += [exc.__cause__, exc.__context__, getattr(exc, "cause", None)]
+    return None
 
 
 def _first_line(e: BaseException) -> str:

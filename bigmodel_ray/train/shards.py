@@ -12,37 +12,50 @@ import torch
 
 _READ_BATCH = 1024
 _DTYPES = {"x": torch.float32, "y": torch.int64}
+_KEYED = {**_DTYPES, "key": torch.int64}
 
 
-def _iter_xy(shard, batch_size, device, **kwargs):
-    for b in shard.iter_torch_batches(batch_size=batch_size, dtypes=_DTYPES, device=device, **kwargs):
-        yield b["x"], b["y"]
+def _iter_xy(shard, batch_size, device, keyed=False, **kwargs):
+    # Two batches in flight: the next batch is decoded/augmented/moved while this one trains.
+    for b in shard.iter_torch_batches(batch_size=batch_size, dtypes=_KEYED if keyed else _DTYPES, device=device,
+                                      prefetch_batches=2, **kwargs):
+        yield (b["x"], b["y"], b["key"]) if keyed else (b["x"], b["y"])
 
 
-def _materialize(shard, device) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*_iter_xy(shard, _READ_BATCH, "cpu")) if shard is not None else ((), ())
-    if not xs:
-        return torch.empty(0), torch.empty(0, dtype=torch.int64)
-    return torch.cat(xs).to(device), torch.cat(ys).to(device)
+def _materialize(shard, device, keyed=False) -> tuple[torch.Tensor, ...]:
+    parts = list(zip(*_iter_xy(shard, _READ_BATCH, "cpu", keyed))) if shard is not None else []
+    if not parts:
+        return (torch.empty(0), torch.empty(0, dtype=torch.int64)) + ((torch.empty(0, dtype=torch.int64),) if keyed else ())
+    return tuple(torch.cat(p).to(device) for p in parts)
 
 
 class TrainBatches:
-    def __init__(self, shard, *, batch_size: int, in_memory: bool, seed: int, rank: int, device):
+    """(x, y) batches of this worker's train shard for one epoch.
+
+    `augment(x, key, epoch)`, if given, runs on each batch on the training device (augment.on:
+    device); the shard then carries each row's `key`, from which the augmentation is drawn.
+    """
+
+    def __init__(self, shard, *, batch_size: int, in_memory: bool, seed: int, rank: int, device, augment=None):
         self.shard, self.batch_size, self.in_memory = shard, batch_size, in_memory
-        self.seed, self.rank, self.device = seed, rank, device
+        self.seed, self.rank, self.device, self.augment = seed, rank, device, augment
         self._cache = None
 
     def epoch(self, epoch: int):
         # Order depends only on (seed, epoch, rank): a resumed run sees the same batches.
         order_seed = (self.seed * 1_000_003 + epoch) * 1_009 + self.rank
+        keyed = self.augment is not None
         if not self.in_memory:
-            return _iter_xy(self.shard, self.batch_size, self.device,
-                            local_shuffle_buffer_size=max(4 * self.batch_size, 1024), local_shuffle_seed=order_seed)
-        if self._cache is None:
-            self._cache = _materialize(self.shard, self.device)
-        x, y = self._cache
-        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(order_seed)).to(self.device)
-        return ((x[idx], y[idx]) for idx in perm.split(self.batch_size))
+            batches = _iter_xy(self.shard, self.batch_size, self.device, keyed,
+                               local_shuffle_buffer_size=max(4 * self.batch_size, 1024), local_shuffle_seed=order_seed)
+        else:
+            if self._cache is None:
+                self._cache = _materialize(self.shard, self.device, keyed)
+            perm = torch.randperm(len(self._cache[1]), generator=torch.Generator().manual_seed(order_seed))
+            batches = (tuple(t[idx] for t in self._cache) for idx in perm.to(self.device).split(self.batch_size))
+        if not keyed:
+            return batches
+        return ((self.augment(x, key, epoch), y) for x, y, key in batches)
 
 
 class EvalBatches:

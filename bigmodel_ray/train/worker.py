@@ -92,10 +92,14 @@ def train_worker(config: dict) -> dict:
 
     log = EpochLog(config["run_dir"], enabled=rank == 0)
     log.truncate_to(epochs_done)
+    pipeline_state = config.get("pipeline_state")
+    augment_on_data = data.augment is not None and data.augment.on == "data"
     train_batches = TrainBatches(ray.train.get_dataset_shard("train"), batch_size=t.batch_size,
-                                 in_memory=data.in_memory, seed=spec.seed, rank=rank, device=device)
-    eval_sets = {name: EvalBatches(ray.train.get_dataset_shard(name), batch_size=EVAL_BATCH, in_memory=data.in_memory,
-                                   rank=rank, world_size=world, device=device) for name in ("val", "test")}
+                                 in_memory=data.keep_in_memory and not augment_on_data,   # fresh draws every epoch
+                                 seed=spec.seed, rank=rank, device=device, augment=_device_augment(config, spec))
+    eval_sets = {name: EvalBatches(ray.train.get_dataset_shard(name), batch_size=EVAL_BATCH,
+                                   in_memory=data.keep_in_memory, rank=rank, world_size=world, device=device)
+                 for name in ("val", "test")}
     # DDP's forward broadcasts buffers (a collective); evaluate the inner module so ranks with
     # one batch fewer never wait on each other. FSDP2 evens out forwards inside `evaluate`.
     eval_model = model.module if isinstance(model, DistributedDataParallel) else model
@@ -106,6 +110,8 @@ def train_worker(config: dict) -> dict:
 
     meta = {"model": spec.model.model_dump(), "input_shape": list(input_shape), "num_classes": num_classes}
     for epoch in range(epochs_done, t.epochs):
+        if pipeline_state is not None:     # before asking for the epoch's data: its tasks read it
+            ray.get(pipeline_state.set_epoch.remote(epoch))
         start = time.perf_counter()
         train = train_epoch(model, train_batches.epoch(epoch), optimizer, scheduler, device=device,
                             precision=t.precision, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
@@ -133,6 +139,17 @@ def train_worker(config: dict) -> dict:
     return {"test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_f1": test["f1"],
             "test_count": test["count"], "epochs": t.epochs, "resumed_from_epoch": epochs_done,
             "rank_param_checksums": _rank_checksums(model, t.strategy, world)}
+
+
+def _device_augment(config: dict, spec: JobSpec):
+    cfg = config.get("device_augment")
+    if cfg is None:
+        return None
+    from bigmodel_ray.data.pipeline import device_augment
+
+    norm = spec.data.normalize
+    mean, std = (norm.mean, norm.std) if norm else (None, None)
+    return lambda x, key, epoch: device_augment(x, key, cfg, spec.seed, epoch, mean, std)
 
 
 def _rank_checksums(model, strategy: str, world: int) -> list[float] | None:

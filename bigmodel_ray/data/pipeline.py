@@ -1,0 +1,192 @@
+"""Stored rows -> model inputs (`x` float32 channels-first, `y` int64), in Ray Data tasks.
+
+One fused `map_batches` per split does everything a row needs — keep its hash-split share,
+read/decode/generate the image, augment it (train only), scale and normalize — so each image
+is touched by one task and resampled once, in parallel with training.
+
+Reproducible augmentation: a row's random draws depend on (job seed, epoch, row key) only, not
+on which task or worker handles it or how rows are batched. Tasks learn the epoch from a tiny
+`PipelineState` actor that the training workers set before each epoch (Ray Data starts an epoch's
+tasks only once every worker has asked for it, so no task sees a stale epoch). With
+`augment.on: device` the pipeline hands the key to the worker, which draws the same parameters
+and warps on the GPU (data/device_warp.py).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bigmodel_ray.data.augment import AugmentConfig, augment_batch, draws_for_keys, params_from_draws
+from bigmodel_ray.data.images import BadRecord, ImageFormat, decode, from_raw, to_chw_float
+from bigmodel_ray.data.sources import hash_share
+from bigmodel_ray.data.synthetic import class_of, generate
+
+TARGET_BATCH_BYTES = 16 << 20        # map_batches batch size: ~16 MB of decoded pixels
+
+
+class PipelineState:
+    """Shared by a run's data tasks and workers: the current epoch, and records skipped as bad."""
+
+    def __init__(self):
+        self.epoch = 0
+        self.skipped: dict[str, str] = {}        # origin -> reason (unique records, capped)
+        self.skipped_total = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def get_epoch(self) -> int:
+        return self.epoch
+
+    def record_skipped(self, items: list[tuple[str, str]]) -> None:
+        for origin, reason in items:
+            if origin not in self.skipped:
+                self.skipped_total += 1
+                if len(self.skipped) < 10_000:
+                    self.skipped[origin] = reason
+
+    def skipped_report(self) -> tuple[int, list[str]]:
+        return self.skipped_total, [f"{o}: {r}" for o, r in list(self.skipped.items())[:3]]
+
+
+def start_state():
+    import ray
+
+    return ray.remote(num_cpus=0)(PipelineState).remote()
+
+
+@dataclass(frozen=True)
+class Transform:
+    storage: str                          # see sources.py
+    fmt: ImageFormat | None               # None: 1-D built-in rows (no image ops)
+    image_column: str = "image"
+    label_column: str = "label"
+    raw_shape: tuple[int, int, int] | None = None
+    synthetic: tuple[int, int] | None = None        # (image_size, num_classes)
+    split_seed: int = 0
+    keep_share: tuple[float, float] | None = None   # hash split: keep rows in [lo, hi)
+    augment: AugmentConfig | None = None            # applied here (augment.on: data)
+    emit_key: bool = False                          # augment.on: device — the worker augments
+    seed: int = 0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    skip_bad: bool = False
+
+
+def transform_batch(batch: dict[str, np.ndarray], t: Transform, state=None) -> dict[str, np.ndarray]:
+    """Stored rows -> {"x", "y"} (+ "key" for device augmentation)."""
+    images, y, key = stored_images(batch, t, state)
+    if t.fmt is None:                                # 1-D rows pass through
+        return {"x": images.astype(np.float32), "y": y}
+    if t.augment is not None:
+        epoch = _epoch(state)
+        images = augment_batch(images, t.augment, draws=draws_for_keys(key, t.seed, epoch))
+    out = {"y": y}
+    if images.dtype == np.uint8:
+        out["x"] = to_chw_float(images, *(() if t.emit_key else (t.mean, t.std)))
+    else:                                            # built-in float images, (n, H, W, C) in 0..1
+        out["x"] = _normalize(images.transpose(0, 3, 1, 2).astype(np.float32), None if t.emit_key else t)
+    if t.emit_key:
+        out["key"] = key.view(np.int64)              # torch has no uint64; the bits are what count
+    return out
+
+
+def stored_images(batch: dict[str, np.ndarray], t: Transform, state=None):
+    """The batch's rows in this split as images (uint8 (n, H, W, C); float for built-ins), labels, keys."""
+    y, key = labels_and_keys(batch, t)
+    keep = np.ones(len(y), bool)
+    if t.keep_share is not None:
+        share = hash_share(key, t.split_seed)
+        keep = (share >= t.keep_share[0]) & (share < t.keep_share[1])
+    images, ok = _images(batch, t, keep, key, state)
+    return images, y[keep][ok], key[keep][ok]
+
+
+def labels_and_keys(batch, t: Transform):
+    if t.storage == "ids":
+        ids = batch["id"].astype(np.int64)
+        return class_of(ids, t.synthetic[1], t.split_seed), ids.astype(np.uint64)
+    if t.storage in ("encoded", "raw"):
+        return batch[t.label_column].astype(np.int64), batch["row_hash"].astype(np.uint64)
+    return batch["y"].astype(np.int64), batch["key"].astype(np.uint64) if "key" in batch else np.arange(len(batch["y"]), dtype=np.uint64)
+
+
+def _images(batch, t: Transform, keep, key, state):
+    """uint8 (n, H, W, C) images of the kept rows (or float arrays for built-ins) and which decoded."""
+    rows = np.flatnonzero(keep)
+    if t.storage == "array":
+        x = batch["x"][rows]
+        return (x.transpose(0, 2, 3, 1) if t.fmt is not None else x), np.ones(len(rows), bool)
+    if t.storage == "ids":
+        images, _ = generate(batch["id"][rows], t.synthetic[0], t.synthetic[1], t.fmt.channels, t.split_seed)
+        return images, np.ones(len(rows), bool)
+    out = np.empty((len(rows), t.fmt.height, t.fmt.width, t.fmt.channels), np.uint8)
+    ok = np.ones(len(rows), bool)
+    bad = []
+    for j, i in enumerate(rows):
+        origin = batch["path"][i] if t.storage == "files" else f"{batch['path'][i]} (row_hash {key[i]})"
+        try:
+            if t.storage == "files":
+                with open(origin, "rb") as f:
+                    out[j] = decode(f.read(), t.fmt, origin)
+            elif t.storage == "encoded":
+                out[j] = decode(batch[t.image_column][i], t.fmt, origin)
+            else:
+                out[j] = from_raw(batch[t.image_column][i], t.raw_shape, t.fmt, origin)
+        except (BadRecord, OSError) as e:
+            if not t.skip_bad:
+                raise BadRecord(str(e) if isinstance(e, BadRecord) else f"{origin}: {e.strerror or e}") from None
+            ok[j] = False
+            bad.append((origin, str(e).removeprefix(f"{origin}: ")))
+    if bad and state is not None:    # waited for: the count must be in before the run reports it
+        import ray
+
+        ray.get(state.record_skipped.remote(bad))
+    return out[ok], ok
+
+
+def _epoch(state) -> int:
+    if state is None:
+        return 0
+    import ray
+
+    return ray.get(state.get_epoch.remote())
+
+
+def _normalize(x: np.ndarray, t: Transform | None) -> np.ndarray:
+    if t is not None and t.mean is not None:
+        x -= np.asarray(t.mean, np.float32).reshape(1, -1, 1, 1)
+        x /= np.asarray(t.std, np.float32).reshape(1, -1, 1, 1)
+    return x
+
+
+def augment_config(spec_augment, pixel_max: float) -> AugmentConfig:
+    a = spec_augment
+    return AugmentConfig(rotation_range=a.rotation_range, width_shift_range=a.width_shift_range,
+                         height_shift_range=a.height_shift_range, shear_range=a.shear_range,
+                         zoom_range=tuple(a.zoom_range), horizontal_flip=a.horizontal_flip,
+                         vertical_flip=a.vertical_flip, fill_mode=a.fill_mode, cval=a.cval * pixel_max,
+                         brightness_range=tuple(a.brightness_range) if a.brightness_range else None)
+
+
+def device_augment(x, keys, cfg: AugmentConfig, seed: int, epoch: int, mean=None, std=None):
+    """The `augment.on: device` path, on the worker: same draws as the data path, warped with torch."""
+    import torch
+
+    from bigmodel_ray.data.device_warp import warp_batch_torch
+
+    n, _, h, w = x.shape
+    matrices, brightness = params_from_draws(cfg, draws_for_keys(keys.cpu().numpy(), seed, epoch), h, w)
+    x = warp_batch_torch(x, torch.as_tensor(matrices, device=x.device), cfg.fill_mode, cfg.cval)
+    if brightness is not None:
+        x = (x * torch.as_tensor(brightness, dtype=x.dtype, device=x.device).view(n, 1, 1, 1)).clamp_(0, 1)
+    if mean is not None:
+        x = (x - torch.tensor(mean, device=x.device).view(1, -1, 1, 1)) / torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return x
+
+
+def batch_rows(fmt: ImageFormat | None) -> int:
+    if fmt is None:
+        return 1024
+    return int(max(16, min(1024, TARGET_BATCH_BYTES // (fmt.height * fmt.width * fmt.channels))))
+

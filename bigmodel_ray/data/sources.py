@@ -1,0 +1,291 @@
+"""Where rows come from: each source becomes lazy Ray Datasets of *stored* rows, per split.
+
+Stored rows have columns `y` (int64 label), `key` (uint64, stable per row: it seeds the row's
+augmentation and hash split) and, by `Source.storage`:
+  files    `path` of an image file (image folders; read and decoded in the pipeline)
+  encoded  the image column: PNG/JPEG/... bytes, + `path` of the parquet file (for errors)
+  raw      the image column: uint8 pixels of `image_shape` (bytes or a list), + `path`
+  ids      `id` only: synthetic images are generated from it
+  array    `x` float32 (C, H, W) or (C, L): the built-in sets
+`pipeline.py` turns them into model inputs. Nothing here reads image data on the driver
+except the first image (for its size) and parquet metadata (schema, row counts, labels).
+
+Splits: a `train/` (+ `val/`, `test/`) folder layout is used as is, missing val/test carved from
+train; otherwise rows are split by `split_seed`: image files stratified by class, parquet rows by
+a hash of their key (streaming: every split reads the files, keeping its share).
+"""
+
+import glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bigmodel_ray.data.builtin import BUILTIN
+from bigmodel_ray.data.images import BadRecord
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "val", "test")
+DATASET_INFO = "dataset.json"        # written by `data prepare`: class names and split sizes
+
+
+class DataError(ValueError):
+    """The data does not fit the job's `data` section; `field` names the key to fix."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class Source:
+    storage: str                                   # files | encoded | raw | ids | array
+    splits: dict[str, "ray.data.Dataset"]
+    rows: dict[str, int]                           # exact, or estimated for hash splits
+    num_classes: int
+    first_image: np.ndarray | None = None          # one train image as stored (its size fixes the format)
+    class_names: list[str] | None = None
+    hash_split: dict[str, tuple[float, float]] = field(default_factory=dict)   # split -> [lo, hi) of hash share
+
+
+def open_source(spec) -> Source:
+    return {"parquet": _parquet, "image_folder": _image_folder, "synthetic": _synthetic}.get(spec.source, _builtin)(spec)
+
+
+def _shares(spec) -> dict[str, tuple[float, float]]:
+    """[lo, hi) of a uniform hash for each split: test first, val from the rest, then train."""
+    test = spec.test_fraction
+    val = test + (1 - test) * spec.val_fraction
+    return {"test": (0.0, test), "val": (test, val), "train": (val, 1.0)}
+
+
+def hash_share(keys: np.ndarray, split_seed: int) -> np.ndarray:
+    """Uniform [0, 1) per key and seed (splitmix64 finalizer)."""
+    z = keys.astype(np.uint64) + np.uint64(split_seed * 0x9E3779B97F4A7C15 % 2**64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return ((z ^ (z >> np.uint64(31))) >> np.uint64(11)).astype(np.float64) / 2.0**53
+
+
+# ---------------------------------------------------------------------------- built-in sets
+
+def _builtin(spec) -> Source:
+    import ray.data
+
+    splits = BUILTIN[spec.source](spec.val_fraction, spec.test_fraction, spec.split_seed)
+
+    def rows(x, y, keyed):       # a key only where augmentation needs one: it travels with every batch
+        return [{"x": xi, "y": yi, **({"key": np.uint64(i)} if keyed else {})} for i, (xi, yi) in enumerate(zip(x, y))]
+
+    keyed = {"train": spec.augment is not None}
+    return Source("array", {name: ray.data.from_items(rows(x, y, keyed.get(name, False)))
+                            for name, (x, y) in splits.items()},
+                  rows={k: len(y) for k, (_, y) in splits.items()},
+                  num_classes=int(max(y.max() for _, y in splits.values() if len(y)) + 1),
+                  first_image=splits["train"][0][0])
+
+
+# ---------------------------------------------------------------------------- synthetic
+
+def _synthetic(spec) -> Source:
+    import ray.data
+
+    n_test = round(spec.count * spec.test_fraction)
+    n_val = round((spec.count - n_test) * spec.val_fraction)
+    rows = {"test": n_test, "val": n_val, "train": spec.count - n_test - n_val}
+    offsets = {"test": 0, "val": n_test, "train": n_test + n_val}     # ids [offset, offset + rows)
+
+    def ids(offset):
+        return lambda batch: {"id": batch["id"] + offset}
+
+    datasets = {name: ray.data.range(n).map_batches(ids(offsets[name])) if n else ray.data.from_items([])
+                for name, n in rows.items()}
+    return Source("ids", datasets, rows, num_classes=spec.num_classes)
+
+
+# ---------------------------------------------------------------------------- image folders
+
+def _image_folder(spec) -> Source:
+    import pyarrow as pa
+    import ray.data
+
+    root = Path(spec.path).expanduser()
+    if not root.is_dir():
+        raise DataError("path", f"{root} is not a folder")
+    layout = {name: root / name for name in SPLITS if (root / name).is_dir()}
+    train_root = layout.get("train", root)
+    classes = sorted(d.name for d in train_root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if "train" not in layout and set(classes) & set(SPLITS):
+        raise DataError("path", f"{root} has {sorted(set(classes) & set(SPLITS))} but no train/ folder")
+    if len(classes) < 2:
+        raise DataError("path", f"{train_root} needs one subfolder per class (found {len(classes)})")
+    files = {name: _list_images(d, classes) for name, d in layout.items() if name != "train"}
+    files["train"] = _list_images(train_root, classes)
+    if not files["train"][0]:
+        raise DataError("path", f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {train_root}")
+    _carve(files, spec)
+
+    datasets = {}
+    for name, (paths, labels) in files.items():
+        keys = [_path_key(str(Path(p).relative_to(root))) for p in paths]
+        table = pa.table({"path": paths, "y": pa.array(labels, pa.int64()), "key": pa.array(keys, pa.uint64())})
+        # Many small blocks: file reading and decoding spread over all the data CPUs.
+        datasets[name] = ray.data.from_arrow([table.slice(i, 256) for i in range(0, max(len(table), 1), 256)])
+    first = files["train"][0][0]
+    return Source("files", datasets, rows={k: len(v[0]) for k, v in files.items()}, num_classes=len(classes),
+                  first_image=_probe(Path(first).read_bytes(), spec, first), class_names=classes)
+
+
+def _list_images(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        found = sorted(str(p) for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        paths += found
+        labels += [label] * len(found)
+    extra = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name not in classes) if folder.is_dir() else []
+    if extra and folder.name in SPLITS[1:]:
+        raise DataError("path", f"{folder} has class folders {extra} that train/ does not have")
+    return paths, labels
+
+
+def _carve(files: dict, spec) -> None:
+    """Seeded, class-stratified val/test from train where the folder does not provide them."""
+    from sklearn.model_selection import train_test_split
+
+    for name, fraction in (("test", spec.test_fraction), ("val", spec.val_fraction)):
+        if name in files:
+            continue
+        paths, labels = files["train"]
+        if fraction == 0 or len(paths) < 2:
+            files[name] = ([], [])
+            continue
+        try:
+            keep, held, keep_y, held_y = train_test_split(paths, labels, test_size=fraction,
+                                                          random_state=spec.split_seed, stratify=labels)
+        except ValueError:       # a class with a single image cannot be stratified
+            keep, held, keep_y, held_y = train_test_split(paths, labels, test_size=fraction, random_state=spec.split_seed)
+        files["train"], files[name] = (keep, keep_y), (held, held_y)
+
+
+def _path_key(relative: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(relative.encode(), digest_size=8).digest(), "little")
+
+
+def _probe(data: bytes, spec, origin: str) -> np.ndarray:
+    """The first image as the pipeline will see it: resized if a target size is set."""
+    from bigmodel_ray.data.images import ImageFormat, decode_any, fit
+
+    try:
+        img = decode_any(data, 1 if spec.color_mode == "grayscale" else 3, origin)
+    except BadRecord as e:
+        raise DataError("path", str(e)) from None
+    return fit(img, ImageFormat(*spec.target_size, img.shape[2], resize=True), origin) if spec.target_size else img
+
+
+# ---------------------------------------------------------------------------- parquet
+
+def _parquet(spec) -> Source:
+    import pyarrow.dataset as pads
+    import ray.data
+
+    layout = _parquet_layout(spec.path)
+    datasets, rows, label_parts = {}, {}, []
+    info = _read_info(spec.path)
+    for name, paths in layout.items():
+        where = paths if isinstance(paths, str) else paths[0]
+        try:
+            table_meta = pads.dataset(paths, format="parquet")
+        except (OSError, ValueError) as e:
+            raise DataError("path", f"cannot read parquet at {where}: {e}") from None
+        _check_columns(table_meta.schema, spec, where)
+        rows[name] = table_meta.count_rows()
+        if info is None:     # class count from the labels (one narrow column read)
+            label_parts.append(table_meta.to_table(columns=[spec.label_column]).column(0))
+        ds = ray.data.read_parquet(paths, include_paths=True, include_row_hash=True)
+        datasets[name] = ds.select_columns([spec.image_column, spec.label_column, "path", "row_hash"])
+    if info is not None:
+        num_classes, class_names = len(info["classes"]), info["classes"]
+    else:
+        import pyarrow.compute as pc
+
+        num_classes, class_names = max(int(pc.max(part).as_py() or 0) for part in label_parts) + 1, None
+    source = Source("encoded" if spec.image_format == "encoded" else "raw", datasets, rows, num_classes,
+                    class_names=class_names)
+    if set(layout) == {"all"}:       # no split folders: split rows by the hash of their key
+        source.hash_split = _shares(spec)
+        total = rows.pop("all")
+        source.splits = {name: datasets["all"] for name in SPLITS}
+        source.rows = {name: round(total * (hi - lo)) for name, (lo, hi) in source.hash_split.items()}
+    elif "train" in layout:
+        missing = [s for s in SPLITS if s not in layout]
+        if missing:
+            raise DataError("path", f"{spec.path} has train/ but no {'/ '.join(missing)}/ (run `bigmodel-ray data "
+                                    f"prepare` to write all three, or point path at the files to split them by hash)")
+    source.first_image = _first_parquet_image(layout, spec)
+    return source
+
+
+def _parquet_layout(path: str) -> dict[str, str | list[str]]:
+    """{"train": .., "val": .., "test": ..} for split folders, else {"all": paths}."""
+    if any(ch in path for ch in "*?["):
+        import fsspec
+
+        fs, _ = fsspec.core.url_to_fs(path)
+        protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+        found = sorted(fs.glob(path))
+        if not found:
+            raise DataError("path", f"no files match {path}")
+        return {"all": found if protocol in ("file", "local") else [f"{protocol}://{p}" for p in found]}
+    if "://" not in path:
+        local = Path(path).expanduser()
+        if not local.exists():
+            raise DataError("path", f"{local} does not exist")
+        if local.is_dir() and (local / "train").is_dir():
+            return {name: str(local / name) for name in SPLITS if (local / name).is_dir()}
+        return {"all": str(local)}
+    return {"all": path}
+
+
+def _read_info(path: str) -> dict | None:
+    if "://" in path or any(ch in path for ch in "*?["):
+        return None
+    info = Path(path).expanduser() / DATASET_INFO
+    return json.loads(info.read_text()) if info.is_file() else None
+
+
+def _check_columns(schema, spec, where: str) -> None:
+    import pyarrow as pa
+
+    names = schema.names
+    for key, column in (("image_column", spec.image_column), ("label_column", spec.label_column)):
+        if column not in names:
+            raise DataError(key, f"column {column!r} is not in {where} (columns: {', '.join(names)})")
+    if not pa.types.is_integer(schema.field(spec.label_column).type):
+        raise DataError("label_column", f"column {spec.label_column!r} in {where} is "
+                                        f"{schema.field(spec.label_column).type}, not integer class ids")
+
+
+def _first_parquet_image(layout, spec) -> np.ndarray:
+    import pyarrow.dataset as pads
+
+    from bigmodel_ray.data.images import ImageFormat, from_raw
+
+    paths = layout.get("train", layout.get("all"))
+    head = pads.dataset(paths, format="parquet").head(1, columns=[spec.image_column]).column(0)
+    if len(head) == 0:
+        raise DataError("path", f"no rows in {paths}")
+    value = head[0].as_py()
+    if spec.image_format == "raw":
+        h, w, c = spec.image_shape
+        fmt = ImageFormat(*(spec.target_size or (h, w)), 1 if spec.color_mode == "grayscale" else 3, resize=True)
+        return from_raw(value, spec.image_shape, fmt, "first row")
+    if not isinstance(value, bytes):
+        raise DataError("image_format", f"column {spec.image_column!r} holds {type(value).__name__}, not encoded "
+                                        f"image bytes (set image_format: raw and image_shape for raw pixels)")
+    return _probe(value, spec, f"{paths} (first row)")

@@ -1,0 +1,183 @@
+"""Data sources and the pipeline on the session's Ray: parquet, image folders, synthetic, bad records."""
+
+import json
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from bigmodel_ray.cli import main
+from bigmodel_ray.data import load_data
+from bigmodel_ray.data.augment import AugmentConfig, augment_batch, draws_for_keys
+from bigmodel_ray.data.sources import DataError
+from bigmodel_ray.data.synthetic import generate
+from bigmodel_ray.spec import DataSpec
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def _rows(ds) -> dict[str, np.ndarray]:
+    rows = ds.take_all()
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]} if rows else {}
+
+
+def _images(n, size=12, seed=0, classes=3):
+    images, labels = generate(np.arange(n) + seed * 10_000, size, classes, 3, split_seed=0)
+    return images, labels
+
+
+# ---------------------------------------------------------------------------- randomness
+
+def test_per_sample_draws_differ_for_one_image_repeated():
+    img = _images(1, size=16)[0]
+    batch = np.repeat(img, 64, axis=0)
+    cfg = AugmentConfig(rotation_range=30, width_shift_range=0.2, zoom_range=(0.8, 1.2), horizontal_flip=True)
+    out = augment_batch(batch, cfg, np.random.default_rng(0))
+    assert len({o.tobytes() for o in out}) == 64
+    keyed = augment_batch(batch, cfg, draws=draws_for_keys(np.arange(64), seed=0, epoch=0))
+    assert len({o.tobytes() for o in keyed}) == 64
+
+
+def test_draws_are_reproducible_and_independent_of_batching():
+    keys = np.arange(100, 132, dtype=np.uint64)
+    whole = draws_for_keys(keys, seed=3, epoch=2)
+    assert np.array_equal(whole, draws_for_keys(keys, seed=3, epoch=2))
+    halves = np.concatenate([draws_for_keys(keys[16:], 3, 2), draws_for_keys(keys[:16], 3, 2)])
+    assert np.array_equal(np.concatenate([whole[16:], whole[:16]]), halves)     # any order, any batch
+    assert not np.array_equal(whole, draws_for_keys(keys, seed=3, epoch=3))     # a new epoch, new draws
+    assert not np.array_equal(whole, draws_for_keys(keys, seed=4, epoch=2))
+
+
+# ---------------------------------------------------------------------------- parquet
+
+def _write_parquet(path, images, labels, fmt):
+    if fmt == "encoded":
+        column = [cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes() for im in images]
+    else:
+        column = [im.tobytes() for im in images]
+    path.mkdir(parents=True, exist_ok=True)
+    half = len(images) // 2       # two files: a folder of shards
+    for part, sl in enumerate((slice(0, half), slice(half, None))):
+        pq.write_table(pa.table({"img": column[sl], "cls": pa.array(labels[sl], pa.int32())}),
+                       path / f"part-{part}.parquet")
+
+
+@pytest.mark.parametrize("fmt", ["encoded", "raw"])
+def test_parquet_round_trip(tmp_path, fmt):
+    images, labels = _images(40)
+    for split in ("train", "val", "test"):
+        _write_parquet(tmp_path / "pq" / split, images, labels, fmt)
+    spec = DataSpec(source="parquet", path=str(tmp_path / "pq"), image_column="img", label_column="cls",
+                    image_format=fmt, image_shape=(12, 12, 3) if fmt == "raw" else None)
+    data = load_data(spec)
+    assert data.input_shape == (3, 12, 12) and data.num_classes == 3 and data.rows["test"] == 40
+    got = _rows(data.datasets["test"])
+    pixels = np.round(got["x"] * 255).astype(np.uint8)                    # x is pixels / 255
+    expected = images.transpose(0, 3, 1, 2)
+    order = np.lexsort(pixels.reshape(len(pixels), -1).T)                 # streaming order is not file order
+    ref = np.lexsort(expected.reshape(40, -1).T)
+    np.testing.assert_array_equal(pixels[order], expected[ref])           # PNG is lossless: exact pixels
+    np.testing.assert_array_equal(got["y"][order], labels[ref])
+
+
+def test_parquet_without_split_folders_is_split_by_hash(tmp_path):
+    images, labels = _images(300)
+    _write_parquet(tmp_path / "pq", images, labels, "encoded")
+    spec = DataSpec(source="parquet", path=str(tmp_path / "pq" / "*.parquet"), image_column="img",
+                    label_column="cls", val_fraction=0.2, test_fraction=0.2)
+    data = load_data(spec)
+    seen = {name: {r["x"].tobytes() for r in ds.take_all()} for name, ds in data.datasets.items()}
+    assert sum(len(s) for s in seen.values()) == 300                       # every row in exactly one split
+    assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["val"]) and not (seen["val"] & seen["test"])
+    assert 30 < len(seen["test"]) < 90 and 130 < len(seen["train"]) < 230  # ~0.2 / ~0.64 of 300
+
+
+def test_missing_label_column_names_file_and_field(tmp_path):
+    images, labels = _images(4)
+    _write_parquet(tmp_path / "pq", images, labels, "encoded")
+    spec = DataSpec(source="parquet", path=str(tmp_path / "pq"), image_column="img")   # label_column: "label"
+    with pytest.raises(DataError, match=r"column 'label' is not in .*pq \(columns: img, cls\)") as e:
+        load_data(spec)
+    assert e.value.field == "label_column"
+
+
+# ---------------------------------------------------------------------------- image folders
+
+def write_image_folder(root, per_class=20, size=16, classes=("cat", "dog", "emu"), seed=0):
+    images, labels = generate(np.arange(per_class * len(classes) * 4) + seed, size, len(classes), 3, split_seed=0)
+    counts = dict.fromkeys(range(len(classes)), 0)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        if counts[label] == per_class:
+            continue
+        counts[label] += 1
+        folder = root / classes[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i:05d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return root
+
+
+def test_image_folder_labels_come_from_sorted_folder_names(tmp_path):
+    root = tmp_path / "imgs"
+    for name, base in (("b_dog", 100), ("a_cat", 0)):     # created first, yet sorted second
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            cv2.imwrite(str(root / name / f"{i}.png"), np.full((6, 8, 3), base + i, np.uint8))
+    spec = DataSpec(source="image_folder", path=str(root), val_fraction=0, test_fraction=0.2, color_mode="grayscale")
+    data = load_data(spec)
+    assert data.class_names == ["a_cat", "b_dog"] and data.input_shape == (1, 6, 8)
+    rows = {**_rows(data.datasets["train"])}
+    pixel = np.round(rows["x"][:, 0, 0, 0] * 255).astype(int)
+    assert all((p >= 100) == (y == 1) for p, y in zip(pixel, rows["y"]))  # a_cat -> 0, b_dog (bright) -> 1
+    assert data.rows == {"train": 8, "val": 0, "test": 2}
+
+
+def test_corrupt_image_fails_naming_the_file_or_is_skipped(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", per_class=4, size=8)
+    bad = root / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    spec = DataSpec(source="image_folder", path=str(root), val_fraction=0, test_fraction=0.1, split_seed=1)
+    with pytest.raises(Exception, match=r"broken\.png: cannot decode image"):
+        for ds in load_data(spec).datasets.values():
+            ds.take_all()
+    from bigmodel_ray.data.pipeline import start_state
+    import ray
+
+    state = start_state()
+    data = load_data(spec.model_copy(update={"on_bad_record": "skip"}), state=state)
+    total = sum(len(ds.take_all()) for ds in data.datasets.values())
+    assert total == 12                                              # 13 files, 1 bad
+    count, examples = ray.get(state.skipped_report.remote())
+    assert count == 1 and "broken.png" in examples[0]
+
+
+def test_image_folder_job_learns_and_bad_input_exits_2(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "imgs", per_class=60, size=16)
+    job = {"name": "folder", "storage": str(tmp_path / "runs"),
+           "data": {"source": "image_folder", "path": str(root), "test_fraction": 0.2, "in_memory": True,
+                    "augment": {"rotation_range": 10, "width_shift_range": 0.1, "fill_mode": "reflect"}},
+           "model": {"name": "cnn2d", "args": {"channels": [16, 32]}},
+           "train": {"epochs": 6, "batch_size": 16, "optimizer": {"lr": 0.005}}}
+    path = tmp_path / "folder.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert main(["run", str(path)]) == 0
+    result = json.loads((tmp_path / "runs" / "folder" / "result.json").read_text())
+    assert result["test_accuracy"] > 0.6, result                      # 3 classes: chance is 0.33
+
+    (root / "cat" / "00000.png").write_bytes(b"garbage")              # now a corrupt file: exit 2, one line
+    job["name"] = "folder_bad"
+    path.write_text(yaml.safe_dump(job))
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "00000.png: cannot decode image" in err and "on_bad_record" in err
+
+
+def test_missing_path_is_a_spec_error(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"data": {"source": "image_folder", "path": str(tmp_path / "nope")},
+                                    "model": {"name": "mlp"}}))
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {path}: data.path: {tmp_path / 'nope'} is not a folder"
