@@ -39,7 +39,7 @@ def _data_command(args) -> None:
     try:
         start_ray()
         if args.data_command == "prepare":
-            data_cli.prepare(args.src, args.out, args.encoding, args.overrides)
+            data_cli.prepare(args.src, args.out, args.encoding, args.overrides, args.layout)
         else:
             data_cli.inspect(args.src, args.overrides, args.grid, args.samples)
     except DataError as e:

@@ -181,3 +181,45 @@ def test_missing_path_is_a_spec_error(tmp_path, capsys):
                                     "model": {"name": "mlp"}}))
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {path}: data.path: {tmp_path / 'nope'} is not a folder"
+
+
+# ---------------------------------------------------------------------------- data CLI
+
+def test_prepare_parquet_and_folder_round_trip(tmp_path, capsys):
+    out = tmp_path / "pq"
+    assert main(["data", "prepare", "synthetic", str(out), "--set", "count=300", "--set", "image_size=16"]) == 0
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["rows"] == {"train": 229, "val": 26, "test": 45} and info["image_shape"] == [16, 16, 3]
+    direct = load_data(DataSpec(source="synthetic", count=300, image_size=16))
+    via_parquet = load_data(DataSpec(source="parquet", path=str(out)))
+    assert via_parquet.rows == direct.rows and via_parquet.num_classes == 10
+    a, b = _rows(direct.datasets["test"]), _rows(via_parquet.datasets["test"])
+    assert sorted(a["x"].sum(axis=(1, 2, 3)).round(3)) == sorted(b["x"].sum(axis=(1, 2, 3)).round(3))   # PNG: lossless
+
+    folder = tmp_path / "png"
+    assert main(["data", "prepare", str(out), str(folder), "--format", "folder"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["test", "train", "val"]
+    from_folder = load_data(DataSpec(source="image_folder", path=str(folder)))
+    assert from_folder.rows == direct.rows and from_folder.class_names == [str(i) for i in range(10)]
+
+    marker = out / "keep.txt"                    # an existing, non-empty output folder is never touched
+    marker.write_text("mine")
+    capsys.readouterr()
+    assert main(["data", "prepare", "synthetic", str(out)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err and marker.read_text() == "mine"
+
+
+def test_inspect_prints_balance_and_writes_a_grid(tmp_path, capsys):
+    grid = tmp_path / "grid.png"
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"data": {"source": "digits", "augment": {"rotation_range": 20}},
+                                   "model": {"name": "mlp"}}))
+    assert main(["data", "inspect", str(job), "--grid", str(grid), "--samples", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "model input: x float32 [1, 8, 8]" in out
+    assert "rows                 1,374       153       270" in out
+    image = cv2.imread(str(grid))
+    assert image is not None and image.shape[1] > image.shape[0]        # 3 rows x 8 columns
+    assert main(["data", "inspect", "synthetic", "--set", "image_size=300x"]) == 2
+    assert capsys.readouterr().err.strip() == "error: synthetic: data.image_size: must be a valid integer, " \
+                                              "unable to parse string as an integer (got '300x')"

@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     prep.add_argument("out", help="new folder for the parquet shards")
     prep.add_argument("--encoding", choices=("png", "jpeg", "raw"), default="png",
                       help="how images are stored: png (lossless), jpeg (quality 95, smaller), raw pixels")
+    prep.add_argument("--format", dest="layout", choices=("parquet", "folder"), default="parquet",
+                      help="parquet shards, or an image folder (split/class/NNNNNNN.png) for source image_folder")
     insp = data.add_parser("inspect", help="print schema, rows and class balance; save a grid of augmented samples")
     insp.add_argument("src", help="job file, built-in name, image folder or parquet path")
     insp.add_argument("--grid", default=None, help="PNG to write (default: inspect_<name>.png)")
@@ -71,7 +73,9 @@ def encode_batch(batch, t: Transform, encoding: str, state=None) -> dict:
     return {"image": np.array(column, dtype=object), "label": y}
 
 
-def prepare(src: str, out: str, encoding: str, overrides: list[str], say=print) -> dict:
+def prepare(src: str, out: str, encoding: str, overrides: list[str], layout: str = "parquet", say=print) -> dict:
+    """Write SRC's train/val/test splits under OUT as parquet shards (or an image folder)."""
+    import ray
     import ray.data
 
     from bigmodel_ray.data.pipeline import start_state
@@ -80,6 +84,8 @@ def prepare(src: str, out: str, encoding: str, overrides: list[str], say=print) 
     out_dir = Path(out).expanduser()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DataError("out", f"{out_dir} exists and is not empty; choose a new folder")
+    if layout == "folder" and encoding == "raw":
+        raise DataError("out", "an image folder holds png or jpeg files, not raw pixels")
     spec = spec.model_copy(update={"augment": None, "normalize": None})   # stored images are the originals
     source, fmt, _, transform, _ = open_pipeline(spec)
     if fmt is None:
@@ -89,32 +95,52 @@ def prepare(src: str, out: str, encoding: str, overrides: list[str], say=print) 
     tmp = out_dir.with_name(f".{out_dir.name}.partial")      # renamed into place only when complete
     shutil.rmtree(tmp, ignore_errors=True)
     sample = encode_batch(_stored_batch(source, 8), transform("train"), encoding)["image"]
-    per_row = max(len(sample[0]), 1) if len(sample) else fmt.height * fmt.width * fmt.channels
-    rows_per_file = max(64, SHARD_BYTES // per_row)
+    rows_per_file = max(64, SHARD_BYTES // max(np.mean([len(b) for b in sample]) if len(sample) else 1, 1))
+    class_names = source.class_names or [str(i) for i in range(source.num_classes)]
     rows = {}
     for name in SPLITS:
         start = time.perf_counter()
         ds = source.splits[name].map_batches(encode_batch, fn_kwargs={"t": transform(name), "encoding": encoding,
                                                                     "state": state},
                                              batch_size=256, batch_format="numpy")
-        ds.write_parquet(str(tmp / name), min_rows_per_file=rows_per_file, max_rows_per_file=rows_per_file)
-        rows[name] = sum(pq_rows(f) for f in (tmp / name).glob("*.parquet"))
-        files = list((tmp / name).glob("*.parquet"))
+        if layout == "folder":
+            rows[name] = _write_folder(ds, tmp / name, class_names, ".png" if encoding == "png" else ".jpg")
+            files = list((tmp / name).rglob("*.*"))
+        else:
+            ds.write_parquet(str(tmp / name), min_rows_per_file=int(rows_per_file), max_rows_per_file=int(rows_per_file))
+            files = list((tmp / name).glob("*.parquet"))
+            rows[name] = sum(pq_rows(f) for f in files)
         size = sum(f.stat().st_size for f in files)
-        say(f"{name}: {rows[name]:,} rows -> {len(files)} files, {size / 2**20:,.1f} MB ({time.perf_counter() - start:.1f}s)")
+        say(f"{name}: {rows[name]:,} rows -> {len(files):,} files, {size / 2**20:,.1f} MB "
+            f"({time.perf_counter() - start:.1f}s)")
     skipped, examples = ray.get(state.skipped_report.remote())
-    info = {"classes": source.class_names or [str(i) for i in range(source.num_classes)], "rows": rows,
-            "image_shape": [fmt.height, fmt.width, fmt.channels], "encoding": encoding,
-            "image_column": "image", "label_column": "label", "prepared_from": src, "skipped_records": skipped}
-    (tmp / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    info = {"classes": class_names, "rows": rows, "image_shape": [fmt.height, fmt.width, fmt.channels],
+            "encoding": encoding, "image_column": "image", "label_column": "label", "prepared_from": src,
+            "skipped_records": skipped}
+    if layout == "parquet":
+        (tmp / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n")
     if out_dir.exists():
         out_dir.rmdir()                                   # empty (checked above)
     tmp.rename(out_dir)
     if skipped:
         say(f"skipped {skipped} bad records, e.g. {'; '.join(examples)}")
-    fields = "image_format: raw, image_shape: " + str(info["image_shape"]) if encoding == "raw" else "image_format: encoded"
-    say(f"wrote {out_dir}; use it with data: {{source: parquet, path: {out_dir}, {fields}}}")
+    if layout == "folder":
+        say(f"wrote {out_dir}; use it with data: {{source: image_folder, path: {out_dir}}}")
+    else:
+        fields = f"image_format: raw, image_shape: {info['image_shape']}" if encoding == "raw" else "image_format: encoded"
+        say(f"wrote {out_dir}; use it with data: {{source: parquet, path: {out_dir}, {fields}}}")
     return info
+
+
+def _write_folder(ds, root: Path, class_names: list[str], ext: str) -> int:
+    for name in class_names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    n = 0
+    for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
+        for data, label in zip(batch["image"], batch["label"]):
+            (root / class_names[label] / f"{n:07d}{ext}").write_bytes(data)
+            n += 1
+    return n
 
 
 def pq_rows(path: Path) -> int:

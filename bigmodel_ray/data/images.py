@@ -4,6 +4,7 @@ Images travel through the pipeline as uint8 (n, H, W, C) arrays, the layout Open
 and become float32 (n, C, H, W) in 0..1 (then normalized) only at the end.
 """
 
+import re
 from dataclasses import dataclass
 
 import cv2
@@ -12,6 +13,21 @@ import numpy as np
 
 class BadRecord(ValueError):
     """An image that cannot be decoded or has the wrong shape; the message names where it came from."""
+
+
+def bad_record_in(e: BaseException) -> str | None:
+    """The BadRecord message behind a worker failure (it arrives wrapped in Ray's task errors)."""
+    pending = [e, *getattr(e, "worker_failures", {}).values()]
+    seen = set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if match := re.search(r"BadRecord: (.+)", str(exc)):
+            return match[1].strip()
+        pending += [exc.__cause__, exc.__context__, getattr(exc, "cause", None)]
+    return None
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,13 @@ class _ResNet(nn.Module):
     pool: type[nn.Module]
 
     def __init__(self, input_shape, num_classes, channels=(32, 64), blocks_per_stage: int = 1,
-                 kernel_size: int = 3, dropout: float = 0.1):
+                 kernel_size: int = 3, dropout: float = 0.1, stem_stride: int = 1):
         super().__init__()
         c_in = input_shape[0]
+        # stem_stride > 1 downsamples at once, as ResNet's stem does for large images (224x224).
+        stem_kernel = kernel_size if stem_stride == 1 else max(kernel_size, 2 * stem_stride - 1)
         self.stem = nn.Sequential(
-            self.conv(c_in, channels[0], kernel_size, padding=kernel_size // 2, bias=False),
+            self.conv(c_in, channels[0], stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False),
             self.norm(channels[0]), nn.ReLU(inplace=True),
         )
         blocks, c = [], channels[0]
@@ -62,8 +64,8 @@ class CNN1d(_ResNet):
     conv, norm, pool = nn.Conv1d, nn.BatchNorm1d, nn.AdaptiveAvgPool1d
 
     def __init__(self, input_shape, num_classes, channels=(32, 64, 128), blocks_per_stage: int = 1,
-                 kernel_size: int = 5, dropout: float = 0.1):
-        super().__init__(input_shape, num_classes, channels, blocks_per_stage, kernel_size, dropout)
+                 kernel_size: int = 5, dropout: float = 0.1, stem_stride: int = 1):
+        super().__init__(input_shape, num_classes, channels, blocks_per_stage, kernel_size, dropout, stem_stride)
 
 
 class CNN2d(_ResNet):
@@ -72,5 +74,5 @@ class CNN2d(_ResNet):
     conv, norm, pool = nn.Conv2d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d
 
     def __init__(self, input_shape, num_classes, channels=(32, 64), blocks_per_stage: int = 1,
-                 kernel_size: int = 3, dropout: float = 0.1):
-        super().__init__(input_shape, num_classes, channels, blocks_per_stage, kernel_size, dropout)
+                 kernel_size: int = 3, dropout: float = 0.1, stem_stride: int = 1):
+        super().__init__(input_shape, num_classes, channels, blocks_per_stage, kernel_size, dropout, stem_stride)

@@ -7,13 +7,13 @@ again resumes after the last checkpoint; a finished run resumes into just the te
 
 import json
 import math
-import re
 import time
 from pathlib import Path
 
 import yaml
 
 from bigmodel_ray.data import load_data
+from bigmodel_ray.data.images import bad_record_in
 from bigmodel_ray.data.pipeline import start_state
 from bigmodel_ray.data.sources import DataError
 from bigmodel_ray.models import build_model
@@ -93,7 +93,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError as e:
-            if bad := _bad_record(e):     # bad input, not a failed run: exit 2 like any spec error
+            if bad := bad_record_in(e):     # bad input, not a failed run: exit 2 like any spec error
                 raise SpecError(f"{source}: data: {bad} (data.on_bad_record: skip drops such records)") from None
             raise RunFailed(f"{spec.name}: training failed: {_first_line(e)} "
                             f"(run folder {run_dir}; rerun with -v for worker logs)") from e
@@ -160,21 +160,6 @@ def _write_atomic(path: Path, text: str) -> None:
 def _median(values):
     values = sorted(values)
     return values[len(values) // 2] if values else None
-
-
-def _bad_record(e: BaseException) -> str | None:
-    """The BadRecord message behind a worker failure (it arrives wrapped in Ray's task errors)."""
-    pending = [e, *getattr(e, "worker_failures", {}).values()]
-    seen = set()
-    while pending:
-        exc = pending.pop()
-        if exc is None or id(exc) in seen:
-            continue
-        seen.add(id(exc))
-        if match := re.search(r"BadRecord: (.+)", str(exc)):
-            return match[1].strip()
-        pending += [exc.__cause__, exc.__context__, getattr(exc, "cause", None)]
-    return None
 
 
 def _first_line(e: BaseException) -> str:
