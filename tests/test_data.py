@@ -223,3 +223,33 @@ def test_inspect_prints_balance_and_writes_a_grid(tmp_path, capsys):
     assert main(["data", "inspect", "synthetic", "--set", "image_size=300x"]) == 2
     assert capsys.readouterr().err.strip() == "error: synthetic: data.image_size: must be a valid integer, " \
                                               "unable to parse string as an integer (got '300x')"
+
+
+def test_device_augmentation_draws_the_same_transform_as_the_data_path():
+    from bigmodel_ray.data.images import ImageFormat
+    from bigmodel_ray.data.pipeline import Transform, augment_config, device_augment, transform_batch
+    from bigmodel_ray.spec import AugmentSpec
+
+    ids = np.arange(8)
+    spec = AugmentSpec(rotation_range=30, width_shift_range=0.2, zoom_range=(0.8, 1.2), horizontal_flip=True,
+                       fill_mode="reflect", brightness_range=(0.7, 1.3))
+    common = dict(storage="ids", fmt=ImageFormat(24, 24, 3), synthetic=(24, 3), seed=5, mean=(0.5,) * 3, std=(0.2,) * 3)
+    on_data = transform_batch({"id": ids}, Transform(**common, augment=augment_config(spec, 255.0)))
+    keyed = transform_batch({"id": ids}, Transform(**common, emit_key=True))
+    import torch
+
+    on_device = device_augment(torch.from_numpy(keyed["x"]), torch.from_numpy(keyed["key"]),
+                               augment_config(spec, 1.0), seed=5, epoch=0, mean=(0.5,) * 3, std=(0.2,) * 3)
+    # Same draws. The data path works on uint8 (OpenCV's fixed-point bilinear, rounding after the
+    # warp and after brightness): up to 2 grey levels apart = 2/255/0.2 = 0.04 once normalized.
+    # Another draw would differ by whole stripes (differences ~1-5).
+    diff = np.abs(on_device.numpy() - on_data["x"])
+    assert diff.max() < 0.04 and diff.mean() < 0.015      # mean: two roundings, ~0.6 grey levels
+
+
+def test_device_augmentation_job_trains(tiny_job, tmp_path):
+    job = tiny_job("device_aug", data={"source": "digits", "augment": {"rotation_range": 10, "on": "device"}},
+                   model={"name": "cnn2d", "args": {"channels": [8, 16]}}, train={"epochs": 5, "batch_size": 32})
+    assert main(["run", str(job)]) == 0
+    result = json.loads((tmp_path / "runs" / "device_aug" / "result.json").read_text())
+    assert result["test_accuracy"] > 0.5, result        # 10 classes: chance is 0.1
