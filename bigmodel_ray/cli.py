@@ -1,9 +1,11 @@
-"""`bigmodel-ray` command line: validate and run job files; prepare and inspect data.
+"""`bigmodel-ray` command line: run jobs here or on a Ray cluster; prepare and inspect data.
 
-Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, no traceback).
+Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, no traceback);
+`submit --follow` / `logs --follow` mirror the cluster job's (3 when it was stopped).
 """
 
 import argparse
+import os
 import sys
 
 from bigmodel_ray.runtime import RunFailed
@@ -13,26 +15,87 @@ RECIPES = {"train": "bigmodel_ray.recipes.train"}
 
 
 def _parser() -> argparse.ArgumentParser:
+    from bigmodel_ray.data.cli import add_parser as add_data_parser
+
     p = argparse.ArgumentParser(prog="bigmodel-ray", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (("run", "run a job"), ("validate", "check a job file and print the resolved spec")):
+    for name, help_ in (("run", "run a job (Ray embedded here, or --address of a cluster)"),
+                        ("validate", "check a job file and print the resolved spec"),
+                        ("submit", "submit a job to a Ray cluster through the Jobs API")):
         c = sub.add_parser(name, help=help_)
         c.add_argument("job", help="job YAML file")
         c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a spec field, e.g. --set train.epochs=3 (repeatable)")
         if name == "run":
-            c.add_argument("--address", help="attach to a running Ray cluster instead of starting one")
+            c.add_argument("--address", help="attach to a running Ray cluster (e.g. auto, or HOST:6379)")
             c.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and worker output")
             c.add_argument("--dashboard", action="store_true",
                            help="start Ray's dashboard (http://127.0.0.1:8265) with the embedded Ray")
-    from bigmodel_ray.data.cli import add_parser as add_data_parser
-
+        if name == "submit":
+            _cluster_options(c)
+            c.add_argument("--follow", action="store_true", help="stream the logs; exit with the job's code")
+            c.add_argument("--working-dir", help="also ship this folder (e.g. the project checkout) with the job")
+            c.add_argument("--pip", action="append", default=[], metavar="REQUIREMENT",
+                           help="pip-install a package into the job's environment (repeatable)")
+    for name, help_ in (("status", "a submitted job's status"), ("logs", "a submitted job's logs"),
+                        ("stop", "stop a submitted job"), ("list", "jobs submitted to the cluster")):
+        c = sub.add_parser(name, help=help_)
+        if name != "list":
+            c.add_argument("id", help="submission id (printed by submit; see list)")
+        if name == "logs":
+            c.add_argument("--follow", action="store_true", help="stream until the job ends")
+        _cluster_options(c)
+    c = sub.add_parser("cluster", help="ray up | ray down | head status, for a cluster file in cluster/")
+    c.add_argument("verb", choices=("up", "down", "status"))
+    c.add_argument("file", help="cluster launcher YAML, e.g. cluster/aws.yaml")
+    c.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     add_data_parser(sub)
     return p
 
 
+def _cluster_options(c) -> None:
+    where = c.add_mutually_exclusive_group()
+    where.add_argument("--address", help="the cluster's dashboard, e.g. http://HOST:8265 "
+                                         "(default: $RAY_API_SERVER_ADDRESS or an http $RAY_ADDRESS)")
+    where.add_argument("--cluster", metavar="FILE", help="cluster launcher YAML: reach its head through `ray dashboard`")
+
+
+def _jobs_command(args) -> int:
+    import contextlib
+
+    from bigmodel_ray import submit
+    from bigmodel_ray.cluster import dashboard_address
+
+    if args.cluster:
+        where = dashboard_address(args.cluster)
+    else:
+        env = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS", "")
+        address = args.address or (env if env.startswith("http") else None)
+        if not address:
+            raise SpecError(f"{args.command}: give --address http://HOST:8265 or --cluster cluster/FILE.yaml")
+        where = contextlib.nullcontext(address)
+    with where as address:
+        if args.command == "submit":
+            from bigmodel_ray.spec import load_job
+
+            spec = load_job(args.job, args.overrides)         # a bad job never reaches the cluster
+            submission_id = submit.submit(spec, args.job, address, working_dir=args.working_dir, pip=args.pip)
+            if not args.follow:
+                print(f"follow it with: bigmodel-ray logs {submission_id} --follow --address {address}")
+                return 0
+            return submit.follow(address, submission_id)
+        if args.command == "status":
+            return submit.status(address, args.id)
+        if args.command == "logs":
+            return submit.logs(address, args.id, args.follow)
+        if args.command == "stop":
+            return submit.stop(address, args.id)
+        return submit.list_jobs(address)
+
+
 def _data_command(args) -> None:
     from bigmodel_ray.data import cli as data_cli
+    from bigmodel_ray.data.images import bad_record_in
     from bigmodel_ray.data.sources import DataError
     from bigmodel_ray.runtime import start_ray
 
@@ -44,6 +107,26 @@ def _data_command(args) -> None:
             data_cli.inspect(args.src, args.overrides, args.grid, args.samples)
     except DataError as e:
         raise SpecError(f"{args.src}: data.{e.field}: {e}" if e.field != "out" else f"{args.out}: {e}") from None
+    except Exception as e:
+        if bad := bad_record_in(e):
+            raise SpecError(f"{args.src}: data: {bad} (--set on_bad_record=skip drops such records)") from None
+        raise
+
+
+def _run_command(args) -> None:
+    import importlib
+
+    from bigmodel_ray.runtime import start_ray
+    from bigmodel_ray.spec import dump, load_job
+
+    spec = load_job(args.job, args.overrides)
+    if args.command == "validate":
+        print(dump(spec), end="")
+        return
+    recipe = importlib.import_module(RECIPES[spec.kind])
+    res = spec.resources
+    start_ray(args.address, args.verbose, args.dashboard, num_cpus=res.workers * res.cpus_per_worker + res.data_cpus)
+    recipe.run(spec, args.job)
 
 
 def main(argv=None) -> int:
@@ -51,21 +134,14 @@ def main(argv=None) -> int:
     try:
         if args.command == "data":
             _data_command(args)
-            return 0
-        from bigmodel_ray.spec import dump, load_job
+        elif args.command == "cluster":
+            from bigmodel_ray import cluster
 
-        spec = load_job(args.job, args.overrides)
-        if args.command == "validate":
-            print(dump(spec), end="")
-            return 0
-        import importlib
-
-        from bigmodel_ray.runtime import start_ray
-
-        recipe = importlib.import_module(RECIPES[spec.kind])
-        res = spec.resources
-        start_ray(args.address, args.verbose, args.dashboard, num_cpus=res.workers * res.cpus_per_worker + res.data_cpus)
-        recipe.run(spec, args.job)
+            return cluster.run(args.verb, args.file, args.yes)
+        elif args.command in ("submit", "status", "logs", "stop", "list"):
+            return _jobs_command(args)
+        else:
+            _run_command(args)
         return 0
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)

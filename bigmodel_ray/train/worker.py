@@ -138,7 +138,17 @@ def train_worker(config: dict) -> dict:
     test = run_eval("test")
     return {"test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_f1": test["f1"],
             "test_count": test["count"], "epochs": t.epochs, "resumed_from_epoch": epochs_done,
-            "rank_param_checksums": _rank_checksums(model, t.strategy, world)}
+            "rank_param_checksums": _rank_checksums(model, t.strategy, world),
+            "rank_nodes": _gather(ray.get_runtime_context().get_node_id(), world)}
+
+
+def _gather(value, world: int) -> list:
+    """Every rank's value, in rank order (a collective: all ranks call it)."""
+    if world == 1:
+        return [value]
+    values = [None] * world
+    torch.distributed.all_gather_object(values, value)
+    return values
 
 
 def _device_augment(config: dict, spec: JobSpec):
@@ -158,8 +168,4 @@ def _rank_checksums(model, strategy: str, world: int) -> list[float] | None:
         return None
     local = sum(p.detach().double().sum().item() + p.detach().double().square().sum().item()
                 for p in model.parameters())
-    sums = [local]
-    if world > 1:
-        sums = [None] * world
-        torch.distributed.all_gather_object(sums, local)
-    return sums
+    return _gather(local, world)

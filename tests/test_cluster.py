@@ -1,0 +1,211 @@
+"""A real two-node Ray cluster on loopback, with token auth: submit, follow, stop, refuse.
+
+The head and a second node are separate `ray start` processes with their own temp dir, ports
+and a custom resource each; the test tears them down by the processes it started (never
+`ray stop`, which would kill every Ray on the machine).
+"""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bigmodel_ray import submit
+from bigmodel_ray.cli import main
+from bigmodel_ray.spec import load_job
+
+pytestmark = pytest.mark.slow
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class LoopbackCluster:
+    address: str           # http://127.0.0.1:<dashboard port>
+    token_path: Path
+    temp_dir: str
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _agent_ports() -> list[str]:
+    agent, grpc, metrics, runtime_env = _free_ports(4)
+    return ["--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(grpc),
+            "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env)]
+
+
+def cluster_pids(temp_dir: str) -> list[int]:
+    """Processes whose command line names the cluster's temp dir, and all their descendants."""
+    parents, cmdlines = {}, {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdlines[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+            stat = (proc / "stat").read_text()
+            parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                cmdlines.pop(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found = {pid for pid, cmd in cmdlines.items() if temp_dir in cmd and pid != os.getpid()}
+    while True:
+        more = {pid for pid, parent in parents.items() if parent in found and pid in cmdlines} - found
+        if not more:
+            return sorted(found)
+        found |= more
+
+
+def _cmdlines(pids) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore"))
+        except OSError:
+            pass
+    return out
+
+
+def _tear_down(temp_dir: str) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+        for pid in cluster_pids(temp_dir):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while cluster_pids(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def loopback_cluster():
+    temp_dir = tempfile.mkdtemp(prefix="bmrc-", dir="/tmp")     # short: socket paths must fit in 107 bytes
+    token_path = Path(temp_dir) / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{VENV_BIN}:{env.get('PATH', '')}")
+    gcs, dashboard, client = _free_ports(3)
+    ray = str(VENV_BIN / "ray")
+    common = ["--temp-dir", temp_dir, "--num-cpus", "1", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray, "start", "--head", "--port", str(gcs), "--dashboard-port", str(dashboard),
+                        "--dashboard-host", "127.0.0.1", "--ray-client-server-port", str(client),
+                        "--resources", '{"head_node": 1}', *common, *_agent_ports()],
+                       env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([ray, "start", "--address", f"127.0.0.1:{gcs}", "--resources", '{"second_node": 1}',
+                        *common, *_agent_ports()], env=env, check=True, capture_output=True, timeout=120)
+        yield LoopbackCluster(f"http://127.0.0.1:{dashboard}", token_path, temp_dir)
+    finally:
+        _tear_down(temp_dir)
+        assert cluster_pids(temp_dir) == [], "cluster processes left behind"
+
+
+@pytest.fixture
+def with_token(loopback_cluster, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(loopback_cluster.token_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    return loopback_cluster
+
+
+class _Timed:
+    """A stdout stand-in that records when the first log text arrives."""
+
+    def __init__(self):
+        self.text, self.first_at = "", None
+
+    def write(self, s):
+        if s and self.first_at is None:
+            self.first_at = time.monotonic()
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_submit_follow_succeeds_across_both_nodes(with_token, tiny_job, tmp_path, capsys):
+    cluster = with_token
+    job = tiny_job("cluster_tiny")
+    start = time.monotonic()
+    submission_id = submit.submit(load_job(job), str(job), cluster.address)
+    submitted = time.monotonic()
+    out = _Timed()
+    code = submit.follow(cluster.address, submission_id, out=out)
+    done = time.monotonic()
+    assert code == 0, out.text[-3000:]
+    assert "cluster_tiny: test_accuracy" in out.text                  # the summary: the very last line
+    timings = {"submit_s": round(submitted - start, 1), "first_log_line_s": round(out.first_at - start, 1),
+               "succeeded_s": round(done - start, 1)}
+    print(f"loopback cluster timings: {timings}")
+    (Path(tempfile.gettempdir()) / "bigmodel_ray_cluster_timings.json").write_text(json.dumps(timings))
+
+    result = json.loads((tmp_path / "runs" / "cluster_tiny" / "result.json").read_text())
+    assert result["epochs"] == 2 and len(set(result["rank_nodes"])) == 2    # one trainer on each node
+
+    capsys.readouterr()
+    assert main(["status", submission_id, "--address", cluster.address]) == 0
+    assert capsys.readouterr().out.startswith(f"{submission_id}: SUCCEEDED")
+    assert main(["list", "--address", cluster.address]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["SUBMISSION", "ID"] and any(submission_id in r and "SUCCEEDED" in r for r in table)
+
+
+def test_cli_submit_follow_mirrors_a_failed_job(with_token, tiny_job, capsys):
+    # A job whose data path does not exist *on the cluster*: it validates here, fails there with exit 2.
+    job = tiny_job("cluster_bad", data={"source": "image_folder", "path": "/nonexistent/images"},
+                   model={"name": "cnn2d"})
+    assert main(["submit", str(job), "--address", with_token.address, "--follow"]) == 2
+    assert "data.path: /nonexistent/images is not a folder" in capsys.readouterr().out
+
+
+def test_stop_ends_the_job_and_its_processes(with_token, tiny_job, tmp_path, capsys):
+    cluster = with_token
+    job = tiny_job("cluster_long", train={"epochs": 500})
+    assert main(["submit", str(job), "--address", cluster.address]) == 0
+    submission_id = capsys.readouterr().out.split("submitted ")[1].split()[0]
+    metrics = tmp_path / "runs" / "cluster_long" / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while not (metrics.exists() and metrics.read_text().strip()):      # training is under way
+        assert time.monotonic() < deadline, "the long job never logged an epoch"
+        time.sleep(0.5)
+
+    assert main(["stop", submission_id, "--address", cluster.address]) == 0
+    assert capsys.readouterr().out.strip() == f"{submission_id}: STOPPED"
+    markers = ("ray::RayTrainWorker", "ray::TrainController", "bigmodel_ray.cli run")
+    deadline = time.monotonic() + 60
+    while any(m in cmd for cmd in _cmdlines(cluster_pids(cluster.temp_dir)) for m in markers):
+        assert time.monotonic() < deadline, "trainer processes survived the stop"
+        time.sleep(0.5)
+    assert main(["logs", submission_id, "--address", cluster.address, "--follow"]) == submit.STOPPED_EXIT
+
+
+def test_submission_without_the_token_is_refused(loopback_cluster, tiny_job, monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "no_token_here"))
+    monkeypatch.setenv("HOME", str(tmp_path))                            # no ~/.ray/auth_token either
+    job = tiny_job("cluster_no_token")
+    assert main(["submit", str(job), "--address", loopback_cluster.address]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "RAY_AUTH_TOKEN" in err and len(err.strip().splitlines()) == 1
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)                      # a wrong token fares no better
+    assert main(["list", "--address", loopback_cluster.address]) == 2
+    assert "refused" in capsys.readouterr().err
