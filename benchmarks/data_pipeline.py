@@ -18,24 +18,30 @@ every number and ratio.
 
 2. Full pipeline vs the bare op, over the same N synthetic 224x224 JPEG images written as
    parquet shards by the project's own `data prepare` (`bigmodel_ray.data.cli.prepare`):
-     bare op   one process, one core: `pipeline.transform_batch` (decode -> augment -> float
-               CHW) called in a plain loop on batches of the same rows (bytes read into memory
-               once), batches of `pipeline.batch_rows` rows as in the pipeline;
+     bare op   one process, one core: `pipeline.transform_batch` (decode -> augment -> uint8
+               CHW, what the pipeline hands to workers) in a plain loop over batches of the
+               same rows (bytes read into memory once), `pipeline.batch_rows` rows per batch;
      Ray Data  `load_data(DataSpec(source=parquet, augment=...))` on an embedded Ray with
                num_cpus = os.cpu_count(), the driver consuming `iter_torch_batches(batch_size=64,
                prefetch_batches=2)` as training workers do (train/shards.py) and touching each
-               batch (x.sum());
+               batch (one byte per 4 KB page);
      DataLoader  torch `DataLoader(num_workers=2, batch_size=64)` over a map-style Dataset of the
                same bytes in memory whose __getitem__ decodes one image (cv2.imdecode, RGB),
-               draws its own transform, warps it (one cv2.warpAffine) and returns float CHW;
+               draws its own transform, warps it (one cv2.warpAffine) and returns uint8 CHW;
                consumed the same way. Workers start by forkserver (the process already runs Ray,
                which must not be forked) and are persistent.
+     bare op xN  the same bare op in N processes at once (N = the CPUs Ray Data may use: the
+               embedded Ray's CPU count, here os.cpu_count()), each on its share of the batches,
+               bytes preloaded: what N cores can do with no pipeline at all.
    One warm-up pass of each, then `--rounds` rounds of one full pass of each, back to back;
    ratios are taken within each round, then the median over rounds (other tenants of a shared
    machine move absolute numbers by 10-15 % between minutes).
-     efficiency = Ray img/s / (bare img/s per core x cores), cores = the CPUs Ray Data may use
-                  (the embedded Ray's CPU count, here = os.cpu_count()). Target >= 0.8.
+     Ray / bare op xN  (the pipeline's overhead on the same cores). Target >= 0.8. Also shown:
+                  Ray / (1-core bare x N), which charges the pipeline for the machine's own
+                  scaling loss too.
      Ray / DataLoader. Target >= 1.0.
+   8,000 images by default: each pass (epoch) of a Ray Data pipeline starts a streaming
+   executor (~0.9 s here) before its first batch; real epochs are far longer than that.
 
 3. Peak memory of a whole training job (`python -m bigmodel_ray run JOB`, 2 workers, cnn2d with
    channels [16, 32] and stem_stride 4, batch 32, `--epochs` epochs, augmentation on) on parquet
@@ -47,10 +53,8 @@ every number and ratio.
    every ~5 s all processes are scanned for it, to check that none lives outside the tree (any
    that did would be added to the sum). Peak summed PSS of each run, and large/small. Target
    <= 1.2. After each run every tagged process is waited for, then killed by PID if still alive.
-   The job's environment points Ray's state API at a closed port (RAY_API_SERVER_ADDRESS): see
-   run_job for the other Ray instance on a shared machine that otherwise gets the job killed.
 
-    python benchmarks/data_pipeline.py [--quick] [--images 2000] [--small 700] [--epochs 1]
+    python benchmarks/data_pipeline.py [--quick] [--images 8000] [--small 700] [--epochs 1]
                                        [--rounds 3] [--skip-memory]
 """
 
@@ -76,7 +80,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bigmodel_ray.data.augment import BORDER_MODES, AugmentConfig, augment_batch, sample_matrices  # noqa: E402
-from bigmodel_ray.data.images import to_chw_float  # noqa: E402
 
 SIZE = 224
 AUG = dict(rotation_range=20.0, width_shift_range=0.1, height_shift_range=0.1, shear_range=10.0,
@@ -222,7 +225,7 @@ class EncodedImages(torch.utils.data.Dataset):
         h, w = img.shape[:2]
         m = sample_matrices(self.cfg, 1, h, w, self.rng)[0]
         img = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=BORDER_MODES[self.cfg.fill_mode])
-        return torch.from_numpy(to_chw_float(img[None])[0]), int(self.labels[i])
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), int(self.labels[i])   # uint8 CHW, as ours
 
 
 def _timed_pass(batches) -> tuple[float, int, float]:
@@ -230,10 +233,47 @@ def _timed_pass(batches) -> tuple[float, int, float]:
     n, start, total, first = 0, time.perf_counter(), 0.0, None
     for b in batches:
         x = b["x"] if isinstance(b, dict) else b[0]
-        total += float(x.sum())
+        # Touch one byte per 4 KB page: every page is really there, at a cost that does not
+        # compete with the producers (a full x.sum() of uint8 costs ~0.35 ms/image here).
+        total += float(x.reshape(len(x), -1)[:, ::4096].sum())
         n += len(x)
         first = first or time.perf_counter() - start
     return n / (time.perf_counter() - start), n, first
+
+
+_BARE = {}
+
+
+def _bare_init(path: str, spec_json: str) -> None:
+    """A bare-op worker process: the encoded bytes in memory, the pipeline's transform, one thread."""
+    import pyarrow.parquet as pq
+
+    from bigmodel_ray.data import open_pipeline
+    from bigmodel_ray.data.pipeline import batch_rows
+    from bigmodel_ray.spec import DataSpec
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    spec = DataSpec.model_validate_json(spec_json)
+    _, fmt, _, transform, _ = open_pipeline(spec, seed=0)
+    table = pq.read_table(Path(path) / "train", columns=["image", "label"])
+    blobs, labels = table.column("image").to_pylist(), table.column("label").to_numpy()
+    rows = batch_rows(fmt)
+    _BARE["t"] = transform("train")
+    _BARE["batches"] = [{"image": np.array(blobs[i:i + rows], dtype=object), "label": labels[i:i + rows],
+                         "path": np.array(["bench"] * len(blobs[i:i + rows])),
+                         "row_hash": np.arange(i, i + len(blobs[i:i + rows]), dtype=np.uint64)}
+                        for i in range(0, len(blobs), rows)]
+
+
+def _bare_share(share: tuple[int, int]) -> tuple[int, float]:
+    """Process every `step`-th batch from `first`: (images, seconds)."""
+    from bigmodel_ray.data.pipeline import transform_batch
+
+    first, step = share
+    start = time.perf_counter()
+    n = sum(len(transform_batch(b, _BARE["t"])["x"]) for b in _BARE["batches"][first::step])
+    return n, time.perf_counter() - start
 
 
 def measure_pipeline(path: Path, rounds: int) -> dict:
@@ -270,13 +310,22 @@ def measure_pipeline(path: Path, rounds: int) -> dict:
     def ray_pass():
         epoch[0] += 1
         ray.get(state.set_epoch.remote(epoch[0]))
-        rate, n, first = _timed_pass(ds.iter_torch_batches(batch_size=BATCH, dtypes={"x": torch.float32,
-                                                                                    "y": torch.int64},
-                                                           prefetch_batches=2))
+        rate, n, first = _timed_pass(ds.iter_torch_batches(batch_size=BATCH, prefetch_batches=2))
         assert n == len(blobs), (n, len(blobs))
         first_batch.append(first)
         streaming.append((n - BATCH) / (n / rate - first))     # after the first batch arrived
         return rate
+
+    # The bare op on every core at once: one process per core, each on its share of the bytes.
+    import multiprocessing
+
+    cores = min(int(ray.cluster_resources().get("CPU", 1)), os.cpu_count() or 1)
+    pool = multiprocessing.get_context("forkserver").Pool(cores, _bare_init, (str(path), spec.model_dump_json()))
+
+    def bare_parallel():
+        start = time.perf_counter()
+        done = pool.map(_bare_share, [(i, cores) for i in range(cores)])
+        return sum(n for n, _ in done) / (time.perf_counter() - start)
 
     loader = torch.utils.data.DataLoader(EncodedImages(blobs, labels, CFG), batch_size=BATCH, shuffle=True,
                                          num_workers=2, persistent_workers=True, multiprocessing_context="forkserver")
@@ -284,18 +333,19 @@ def measure_pipeline(path: Path, rounds: int) -> dict:
     def loader_pass():
         return _timed_pass(loader)[0]
 
-    warm = {"bare": bare(), "ray": ray_pass(), "dataloader": loader_pass()}
-    rates = {"bare": [], "ray": [], "dataloader": []}
+    warm = {"bare": bare(), "bare_parallel": bare_parallel(), "ray": ray_pass(), "dataloader": loader_pass()}
+    rates = {"bare": [], "bare_parallel": [], "ray": [], "dataloader": []}
     for r in range(rounds):
         rates["bare"].append(bare())
+        rates["bare_parallel"].append(bare_parallel())
         rates["ray"].append(ray_pass())
         rates["dataloader"].append(loader_pass())
         print(f"  pipeline round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()) + " img/s",
               flush=True)
     del loader
-    cores = min(int(ray.cluster_resources().get("CPU", 1)), os.cpu_count() or 1)
+    pool.terminate()
     # How many tasks the last pass ran the fused decode/augment in (each task is serial; one per input block).
-    tasks = re.search(r"MapBatches\(transform_batch\)\S*: (\d+) tasks executed", ds.stats())
+    tasks = re.search(r"MapBatches\(transform_blocks\)\S*: (\d+) tasks executed", ds.stats())
     return {
         "images": len(blobs), "map_batch_rows": rows, "parquet_files": len(list((path / "train").glob("*.parquet"))),
         "map_tasks_per_pass": int(tasks[1]) if tasks else None, "cores_used": cores,
@@ -303,7 +353,9 @@ def measure_pipeline(path: Path, rounds: int) -> dict:
         "ray_img_s_after_first_batch": statistics.median(streaming[1:]),
         "bare_img_s_per_core": statistics.median(rates["bare"]), "ray_img_s": statistics.median(rates["ray"]),
         "dataloader_img_s": statistics.median(rates["dataloader"]),
+        "bare_parallel_img_s": statistics.median(rates["bare_parallel"]),
         "efficiency": statistics.median(r / (b * cores) for r, b in zip(rates["ray"], rates["bare"])),
+        "ray_over_bare_parallel": statistics.median(r / b for r, b in zip(rates["ray"], rates["bare_parallel"])),
         "ray_over_dataloader": statistics.median(r / d for r, d in zip(rates["ray"], rates["dataloader"])),
         "warmup": warm, "rounds": rates,
     }
@@ -358,80 +410,90 @@ def _tagged(tag: str) -> list:
     return found
 
 
-def run_job(job: Path, work: Path, label: str) -> dict:
-    """Run one job in a subprocess; peak summed PSS/RSS of its process tree, sampled every 0.5 s."""
+def _name(p) -> str:
+    try:
+        return f"{p.pid}:{p.name()}"
+    except Exception:            # psutil.Error: gone meanwhile
+        return f"{p.pid}:?"
+
+
+def _watch(proc: subprocess.Popen, tag: str) -> dict:
+    """Until proc exits: every 0.5 s, PSS and RSS summed over proc, its descendants (and any tagged
+    process outside them, looked for every 5 s); the peaks and what held the memory at the PSS peak."""
     import psutil
 
-    tag = uuid.uuid4().hex
-    ray_tmp = work / f"ray_{label}"
-    ray_tmp.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=str(ray_tmp), TMPDIR=str(ray_tmp), BENCH_DATA_PIPELINE_TAG=tag,
-               RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"), PYTHONUNBUFFERED="1",
-               # Ray Train's PlacementGroupCleaner asks the state API whether the controller lives; a
-               # dashboard-less instance resolves that API to 127.0.0.1:8265, where ANOTHER Ray instance's
-               # dashboard may answer "no such actor", and the cleaner then kills the job's workers. A
-               # closed port makes the query fail, which the cleaner tolerates ("continuing to monitor").
-               RAY_API_SERVER_ADDRESS="http://127.0.0.1:9")
-    log = work / f"job_{label}.log"
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bigmodel_ray", "run", str(job)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    root = psutil.Process(proc.pid)
+    root, start = psutil.Process(proc.pid), time.perf_counter()
     peak = {"pss": 0, "rss": 0, "procs": 0, "at_s": 0.0, "top": []}
-    outside, outside_seen, checks, next_scan = [], set(), 0, 0.0
+    outside, outside_seen, scans, next_scan = [], set(), 0, 0.0
     while proc.poll() is None:
         now = time.perf_counter()
         try:
             tree = [root] + root.children(recursive=True)
         except psutil.NoSuchProcess:
             break
-        if now >= next_scan:                 # anything of ours that is not a descendant?
+        if now >= next_scan:
             pids = {p.pid for p in tree}
             outside = [p for p in _tagged(tag) if p.pid not in pids]
-            outside_seen.update(f"{p.pid}:{p.name()}" for p in outside if p.is_running())
-            checks += 1
-            next_scan = now + 5.0
-        procs = tree + outside
-        mems = [(p, *_mem(p)) for p in procs]
+            outside_seen.update(_name(p) for p in outside)
+            scans, next_scan = scans + 1, now + 5.0
+        mems = [(p, *_mem(p)) for p in tree + outside]
         pss, rss = sum(m[1] for m in mems), sum(m[2] for m in mems)
         if pss > peak["pss"]:
             top = sorted(mems, key=lambda m: -m[1])[:6]
-            names = []
-            for p, ppss, _ in top:
-                try:
-                    names.append(f"{p.name()[:28]} {ppss / 2**20:.0f}")
-                except psutil.Error:
-                    pass
-            peak.update(pss=pss, procs=len(procs), at_s=round(now - start, 1), top=names)
+            peak.update(pss=pss, procs=len(mems), at_s=round(now - start, 1),
+                        top=[f"{_name(p).split(':', 1)[1][:28]} {m / 2**20:.0f}" for p, m, _ in top])
         peak["rss"] = max(peak["rss"], rss)
         time.sleep(0.5)
-    rc = proc.wait()
-    wall = time.perf_counter() - start
-    # Ray's processes end shortly after its driver; wait for them, then kill what is left by PID.
+    return {**peak, "scans": scans, "outside": sorted(outside_seen)}
+
+
+def _reap(tag: str) -> list[str]:
+    """Wait up to 20 s for every tagged process to end (Ray's follow its driver), then kill the rest by PID."""
+    import psutil
+
     deadline = time.time() + 20
     while (left := _tagged(tag)) and time.time() < deadline:
         time.sleep(0.5)
-    killed = []
+    killed = [_name(p) for p in left]
     for p in left:
         try:
-            killed.append(f"{p.pid}:{p.name()}")
             p.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(left, timeout=5)
-    text = log.read_text()
+    return killed
+
+
+def run_job(job: Path, work: Path, label: str) -> dict:
+    """Run one job in a subprocess with its own Ray temp dir; its peak memory, exit code and result."""
+    tag = uuid.uuid4().hex
+    ray_tmp = work / f"ray_{label}"
+    ray_tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(ray_tmp), TMPDIR=str(ray_tmp), BENCH_DATA_PIPELINE_TAG=tag,
+               RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"), PYTHONUNBUFFERED="1")
+    log = work / f"job_{label}.log"
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bigmodel_ray", "run", str(job)], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        peak = _watch(proc, tag)
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:          # interrupted: do not leave the job running
+            proc.kill()
+            proc.wait()
+        killed = _reap(tag)
+    wall = time.perf_counter() - start
     if rc != 0:
-        print(f"job {label} failed (exit {rc}); last lines of {log}:\n" + "\n".join(text.splitlines()[-30:]))
-    result = {}
-    results = list((work / "runs").glob(f"{job.stem}/result.json"))
-    if results:
-        result = json.loads(results[0].read_text())
+        print(f"job {label} failed (exit {rc}); last lines of its log:\n" + "\n".join(log.read_text().splitlines()[-30:]))
+    result_file = work / "runs" / job.stem / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.exists() else {}
     return {
         "rc": rc, "wall_s": round(wall, 1), "peak_pss_mb": round(peak["pss"] / 2**20, 1),
         "peak_rss_mb": round(peak["rss"] / 2**20, 1), "procs_at_peak": peak["procs"], "peak_at_s": peak["at_s"],
-        "top_pss_mb_at_peak": peak["top"], "tag_scans": checks, "outside_tree": sorted(outside_seen),
+        "top_pss_mb_at_peak": peak["top"], "tag_scans": peak["scans"], "outside_tree": peak["outside"],
         "killed_after": killed, "samples_per_s": result.get("samples_per_s_median"),
         "test_accuracy": result.get("test_accuracy"),
     }
@@ -456,15 +518,16 @@ def measure_memory(sets: dict[str, tuple[Path, int]], work: Path, epochs: int) -
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run (memory target needs full size)")
-    p.add_argument("--images", type=int, help="images for the pipeline measurement (default 2000; quick 400)")
+    p.add_argument("--images", type=int, help="images for the pipeline measurement (default 8000; quick 400)")
     p.add_argument("--small", type=int, help="images of the small memory data set; the large has 10x "
                                              "(default 700; quick 100)")
     p.add_argument("--epochs", type=int, default=1, help="epochs of each memory job")
     p.add_argument("--rounds", type=int, help="rounds of side-by-side measurements (default 3; quick 2)")
     p.add_argument("--seconds", type=float, help="seconds per augmentation-op measurement (default 2; quick 0.5)")
     p.add_argument("--skip-memory", action="store_true", help="skip the training-job memory measurement")
+    p.add_argument("--only-memory", action="store_true", help="only the training-job memory measurement")
     args = p.parse_args()
-    images = args.images or (400 if args.quick else 2000)
+    images = args.images or (400 if args.quick else 8000)
     small = args.small or (100 if args.quick else 700)
     rounds = args.rounds or (2 if args.quick else 3)
     seconds = args.seconds or (0.5 if args.quick else 2.0)
@@ -475,8 +538,10 @@ def main():
                       "quick": args.quick}}
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, OpenCV {cv2.__version__}; {SIZE}x{SIZE} RGB", flush=True)
 
-    print("1. augmentation op, one core ...", flush=True)
-    res["augment"] = aug = measure_augment(seconds, rounds)
+    aug = pipe = None
+    if not args.only_memory:
+        print("1. augmentation op, one core ...", flush=True)
+        res["augment"] = aug = measure_augment(seconds, rounds)
 
     import ray
 
@@ -485,15 +550,17 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bmr_dp_"))
     try:
         start_ray(num_cpus=os.cpu_count())
-        print(f"2. preparing {images:,} JPEG images ...", flush=True)
-        prepare_synthetic(work / "pipe", images, 0.01, 0.01)
+        if not args.only_memory:
+            print(f"2. preparing {images:,} JPEG images ...", flush=True)
+            prepare_synthetic(work / "pipe", images, 0.01, 0.01)
         if not args.skip_memory:
             print(f"3. preparing {small:,} and {10 * small:,} JPEG images ...", flush=True)
             sets = {"small": (work / "mem_small_data", small), "large": (work / "mem_large_data", 10 * small)}
             for path, count in sets.values():
                 prepare_synthetic(path, count, 0.05, 0.05)
-        print("2. pipeline ...", flush=True)
-        res["pipeline"] = pipe = measure_pipeline(work / "pipe", rounds)
+        if not args.only_memory:
+            print("2. pipeline ...", flush=True)
+            res["pipeline"] = pipe = measure_pipeline(work / "pipe", rounds)
         ray.shutdown()
         if not args.skip_memory:
             print("3. memory of training jobs ...", flush=True)
@@ -503,21 +570,26 @@ def main():
             ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n1. augmentation op, img/s on one core (median of {rounds} rounds)")
-    print(f"   check on one image, mean |x - ours| in grey levels: scipy {aug['scipy_mean_abs_diff']:.3f}, "
-          f"torch {aug['torch_mean_abs_diff']:.3f}  (same transform: < 2)")
-    print(f"   {'ours (cv2.warpAffine x1)':<34}{aug['ours_img_s']:>9,.0f}  (target >= 1,000)")
-    print(f"   {'scipy.ndimage per channel (Keras)':<34}{aug['scipy_img_s']:>9,.0f}  ours/scipy = {aug['ours_over_scipy']:.1f}x")
-    print(f"   {'torch affine_grid+grid_sample':<34}{aug['torch_img_s']:>9,.0f}  ours/torch = {aug['ours_over_torch']:.1f}x")
-    print(f"2. decode + augment + float CHW, {pipe['images']:,} images, img/s (median of {rounds} rounds after warm-up)")
-    print(f"   {'bare op, 1 process, 1 core':<34}{pipe['bare_img_s_per_core']:>9,.0f}")
-    print(f"   {'Ray Data pipeline':<34}{pipe['ray_img_s']:>9,.0f}  efficiency = ray / (bare x {pipe['cores_used']} cores) "
-          f"= {pipe['efficiency']:.2f}  (target >= 0.8)")
-    print(f"   (Ray: train split in {pipe['parquet_files']} parquet file(s), decode/augment ran in "
-          f"{pipe['map_tasks_per_pass']} task(s) per pass; first batch after {pipe['ray_first_batch_s']:.1f}s, "
-          f"{pipe['ray_img_s_after_first_batch']:,.0f} img/s from there)")
-    print(f"   {'torch DataLoader, 2 workers':<34}{pipe['dataloader_img_s']:>9,.0f}  ray / DataLoader = "
-          f"{pipe['ray_over_dataloader']:.2f}  (target >= 1.0)")
+    if aug is not None:
+        print(f"\n1. augmentation op, img/s on one core (median of {rounds} rounds)")
+        print(f"   check on one image, mean |x - ours| in grey levels: scipy {aug['scipy_mean_abs_diff']:.3f}, "
+              f"torch {aug['torch_mean_abs_diff']:.3f}  (same transform: < 2)")
+        print(f"   {'ours (cv2.warpAffine x1)':<34}{aug['ours_img_s']:>9,.0f}  (target >= 1,000)")
+        print(f"   {'scipy.ndimage per channel (Keras)':<34}{aug['scipy_img_s']:>9,.0f}  ours/scipy = {aug['ours_over_scipy']:.1f}x")
+        print(f"   {'torch affine_grid+grid_sample':<34}{aug['torch_img_s']:>9,.0f}  ours/torch = {aug['ours_over_torch']:.1f}x")
+        print(f"2. decode + augment -> uint8 CHW batches, {pipe['images']:,} images, img/s (median of {rounds} rounds after warm-up)")
+        print(f"   {'bare op, 1 process, 1 core':<34}{pipe['bare_img_s_per_core']:>9,.0f}")
+        label = f"bare op, {pipe['cores_used']} processes (no Ray)"
+        print(f"   {label:<34}{pipe['bare_parallel_img_s']:>9,.0f}  "
+              f"= {pipe['bare_parallel_img_s'] / pipe['bare_img_s_per_core']:.2f} x 1 core")
+        print(f"   {'Ray Data pipeline':<34}{pipe['ray_img_s']:>9,.0f}  ray / bare op on the same cores = "
+              f"{pipe['ray_over_bare_parallel']:.2f}  (target >= 0.8); ray / (1-core bare x {pipe['cores_used']}) "
+              f"= {pipe['efficiency']:.2f}")
+        print(f"   (Ray: train split in {pipe['parquet_files']} parquet file(s), decode/augment ran in "
+              f"{pipe['map_tasks_per_pass']} task(s) per pass; first batch after {pipe['ray_first_batch_s']:.1f}s, "
+              f"{pipe['ray_img_s_after_first_batch']:,.0f} img/s from there)")
+        print(f"   {'torch DataLoader, 2 workers':<34}{pipe['dataloader_img_s']:>9,.0f}  ray / DataLoader = "
+              f"{pipe['ray_over_dataloader']:.2f}  (target >= 1.0)")
     if "memory" in res:
         mem = res["memory"]
         print(f"3. training job peak memory (summed over its process tree, sampled every 0.5 s)")
@@ -526,6 +598,7 @@ def main():
             print(f"   {label:<6}{m['images']:>7,} images: peak PSS {m['peak_pss_mb']:>7,.0f} MB, peak RSS "
                   f"{m['peak_rss_mb']:>7,.0f} MB, {m['procs_at_peak']} processes, exit {m['rc']}, {m['wall_s']}s; "
                   f"outside tree: {len(m['outside_tree'])}, killed after: {len(m['killed_after'])}")
+            print(f"{'':<9}at the peak (MB): {', '.join(m['top_pss_mb_at_peak'])}")
         note = "" if not args.quick else "; quick sizes: the target is for the full size (700 / 7,000)"
         print(f"   large / small peak PSS = {mem['large_over_small']:.3f}  (target <= 1.2{note})")
     print(json.dumps(res))

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--address", help="attach to a running Ray cluster (e.g. auto, or HOST:6379)")
             c.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and worker output")
             c.add_argument("--dashboard", action="store_true",
-                           help="start Ray's dashboard (http://127.0.0.1:8265) with the embedded Ray")
+                           help="serve the embedded Ray's dashboard on http://127.0.0.1:8265 (else a free port)")
         if name == "submit":
             _cluster_options(c)
             c.add_argument("--follow", action="store_true", help="stream the logs; exit with the job's code")
@@ -125,7 +125,8 @@ def _run_command(args) -> None:
         return
     recipe = importlib.import_module(RECIPES[spec.kind])
     res = spec.resources
-    start_ray(args.address, args.verbose, args.dashboard, num_cpus=res.workers * res.cpus_per_worker + res.data_cpus)
+    start_ray(args.address, args.verbose, args.dashboard, num_cpus=res.workers * res.cpus_per_worker + res.data_cpus,
+              object_store_mb=4 * res.data_memory_mb)
     recipe.run(spec, args.job)
 
 

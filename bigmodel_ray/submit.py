@@ -63,8 +63,8 @@ def submit(spec: JobSpec, job_file: str, address: str, *, working_dir: str | Non
     if "://" not in spec.storage and not Path(spec.storage).is_absolute() and not spec.storage.startswith("~"):
         # A relative folder would land in the job's temporary working dir on the cluster.
         spec = spec.model_copy(update={"storage": f"~/{spec.storage}"})
-        say(f"{spec.name}: run folders go to {spec.storage}/{spec.name} on the node that runs the driver "
-            f"(set storage to a shared path to change it)")
+        say(f"{spec.name}: run folder {spec.storage}/{spec.name} on the cluster (on several nodes, storage "
+            f"must be a folder that every node sees, e.g. NFS: --set storage=/shared/runs)")
     jobs = client(address)
     submission_id = f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
     with tempfile.TemporaryDirectory(prefix="bigmodel-ray-submit-") as stage:

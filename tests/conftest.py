@@ -23,9 +23,9 @@ def ray_cluster():
 
     from bigmodel_ray.runtime import start_ray
 
-    # The state API (used to find worker pids) needs the dashboard; 3 CPUs = 2 trainers + the data
-    # pipeline, what `bigmodel-ray run` asks for on this 2-core machine.
-    start_ray(dashboard=True, num_cpus=3)
+    # 3 CPUs = 2 trainers + the data pipeline, what `bigmodel-ray run` asks for on this 2-core
+    # machine. The dashboard (for the state API) runs on a free port, never a shared 8265.
+    start_ray(num_cpus=3)
     yield
     ray.shutdown()
 

@@ -75,7 +75,8 @@ def test_parquet_round_trip(tmp_path, fmt):
     data = load_data(spec)
     assert data.input_shape == (3, 12, 12) and data.num_classes == 3 and data.rows["test"] == 40
     got = _rows(data.datasets["test"])
-    pixels = np.round(got["x"] * 255).astype(np.uint8)                    # x is pixels / 255
+    pixels = got["x"]                                                      # uint8: workers scale on device
+    assert pixels.dtype == np.uint8
     expected = images.transpose(0, 3, 1, 2)
     order = np.lexsort(pixels.reshape(len(pixels), -1).T)                 # streaming order is not file order
     ref = np.lexsort(expected.reshape(40, -1).T)
@@ -129,7 +130,7 @@ def test_image_folder_labels_come_from_sorted_folder_names(tmp_path):
     data = load_data(spec)
     assert data.class_names == ["a_cat", "b_dog"] and data.input_shape == (1, 6, 8)
     rows = {**_rows(data.datasets["train"])}
-    pixel = np.round(rows["x"][:, 0, 0, 0] * 255).astype(int)
+    pixel = rows["x"][:, 0, 0, 0].astype(int)
     assert all((p >= 100) == (y == 1) for p, y in zip(pixel, rows["y"]))  # a_cat -> 0, b_dog (bright) -> 1
     assert data.rows == {"train": 8, "val": 0, "test": 2}
 
@@ -226,24 +227,27 @@ def test_inspect_prints_balance_and_writes_a_grid(tmp_path, capsys):
 
 
 def test_device_augmentation_draws_the_same_transform_as_the_data_path():
-    from bigmodel_ray.data.images import ImageFormat
-    from bigmodel_ray.data.pipeline import Transform, augment_config, device_augment, transform_batch
-    from bigmodel_ray.spec import AugmentSpec
-
-    ids = np.arange(8)
-    spec = AugmentSpec(rotation_range=30, width_shift_range=0.2, zoom_range=(0.8, 1.2), horizontal_flip=True,
-                       fill_mode="reflect", brightness_range=(0.7, 1.3))
-    common = dict(storage="ids", fmt=ImageFormat(24, 24, 3), synthetic=(24, 3), seed=5, mean=(0.5,) * 3, std=(0.2,) * 3)
-    on_data = transform_batch({"id": ids}, Transform(**common, augment=augment_config(spec, 255.0)))
-    keyed = transform_batch({"id": ids}, Transform(**common, emit_key=True))
     import torch
 
-    on_device = device_augment(torch.from_numpy(keyed["x"]), torch.from_numpy(keyed["key"]),
-                               augment_config(spec, 1.0), seed=5, epoch=0, mean=(0.5,) * 3, std=(0.2,) * 3)
+    from bigmodel_ray.data.images import ImageFormat
+    from bigmodel_ray.data.pipeline import Transform, augment_config, transform_batch
+    from bigmodel_ray.train.inputs import ModelInputs
+
+    spec = DataSpec(source="synthetic", normalize={"mean": [0.5] * 3, "std": [0.2] * 3},
+                    augment={"rotation_range": 30, "width_shift_range": 0.2, "zoom_range": [0.8, 1.2],
+                             "horizontal_flip": True, "fill_mode": "reflect", "brightness_range": [0.7, 1.3]})
+    common = dict(storage="ids", fmt=ImageFormat(24, 24, 3), synthetic=(24, 3), seed=5)
+    ids = {"id": np.arange(8)}
+    on_data = transform_batch(ids, Transform(**common, augment=augment_config(spec.augment, 255.0)))
+    keyed = transform_batch(ids, Transform(**common, emit_key=True))
+    assert on_data["x"].dtype == keyed["x"].dtype == np.uint8
+    data_path = ModelInputs(spec, seed=5)(torch.from_numpy(on_data["x"]))
+    device_path = ModelInputs(spec, seed=5, device_augment_cfg=augment_config(spec.augment, 1.0))(
+        torch.from_numpy(keyed["x"]), torch.from_numpy(keyed["key"]), epoch=0)
     # Same draws. The data path works on uint8 (OpenCV's fixed-point bilinear, rounding after the
     # warp and after brightness): up to 2 grey levels apart = 2/255/0.2 = 0.04 once normalized.
     # Another draw would differ by whole stripes (differences ~1-5).
-    diff = np.abs(on_device.numpy() - on_data["x"])
+    diff = (device_path - data_path).abs()
     assert diff.max() < 0.04 and diff.mean() < 0.015      # mean: two roundings, ~0.6 grey levels
 
 

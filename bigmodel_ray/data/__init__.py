@@ -2,12 +2,13 @@
 
 `sources.py` opens a source (built-in set, parquet, image folder, synthetic) as lazy datasets of
 stored rows per split; `pipeline.py` turns stored rows into model inputs in Ray Data tasks
-(decode, augment the train split, normalize). `load_data` puts the two together for a job.
+(decode, augment the train split); workers scale and normalize on their device. `load_data` puts the two together for a job.
 """
 
 from dataclasses import dataclass
 
 SOURCES = ("digits", "mnist1d", "synthetic", "image_folder", "parquet")
+BLOCK_BYTES = 32 << 20
 
 
 @dataclass
@@ -40,8 +41,9 @@ def open_pipeline(data_spec, seed: int = 0):
             fmt = ImageFormat.of(data_spec, source.first_image.shape[:2])
         pixel_max, input_shape = 255.0, (fmt.channels, fmt.height, fmt.width)
     norm = data_spec.normalize
-    if norm is not None and fmt is not None and len(norm.mean) not in (1, fmt.channels):
-        raise DataError("normalize", f"has {len(norm.mean)} channels, the images have {fmt.channels}")
+    channels = fmt.channels if fmt is not None else input_shape[0]
+    if norm is not None and len(norm.mean) not in (1, channels):
+        raise DataError("normalize", f"has {len(norm.mean)} channels, the inputs have {channels}")
     aug = augment_config(data_spec.augment, pixel_max) if data_spec.augment else None
     on_device = aug is not None and data_spec.augment.on == "device"
 
@@ -52,23 +54,27 @@ def open_pipeline(data_spec, seed: int = 0):
             synthetic=(data_spec.image_size, data_spec.num_classes) if source.storage == "ids" else None,
             split_seed=data_spec.split_seed, keep_share=source.hash_split.get(name),
             augment=aug if name == "train" and not on_device else None, emit_key=name == "train" and on_device,
-            seed=seed, mean=tuple(norm.mean) if norm else None, std=tuple(norm.std) if norm else None,
-            skip_bad=data_spec.on_bad_record == "skip")
+            seed=seed, skip_bad=data_spec.on_bad_record == "skip")
 
     return source, fmt, input_shape, transform, (aug if on_device else None)
 
 
 def load_data(data_spec, seed: int = 0, state=None) -> DataBundle:
     """The job's splits as Ray Datasets (needs a running Ray). `state`: a PipelineState actor."""
-    from bigmodel_ray.data.pipeline import batch_rows, transform_batch
+    from bigmodel_ray.data.pipeline import batch_rows, transform_blocks
 
     source, fmt, input_shape, transform, device_aug = open_pipeline(data_spec, seed)
     datasets = {}
     for name, ds in source.splits.items():
         t = transform(name)
-        passthrough = source.storage == "array" and t.augment is None and not t.emit_key and t.mean is None
-        datasets[name] = ds if passthrough else ds.map_batches(
-            transform_batch, fn_kwargs={"t": t, "state": state}, batch_size=batch_rows(fmt), batch_format="numpy")
+        passthrough = source.storage == "array" and t.augment is None and not t.emit_key
+        if not passthrough:
+            ds = ds.map_batches(transform_blocks, fn_kwargs={"t": t, "rows": batch_rows(fmt), "state": state},
+                                batch_size=None, batch_format="numpy")
+            # Blocks of ~32 MB instead of Ray's 128 MB: a task holds less decoded data before it
+            # hands a block on, and the object store budget holds more blocks in flight.
+            ds.context.target_max_block_size = BLOCK_BYTES
+        datasets[name] = ds
     return DataBundle(datasets=datasets, rows=source.rows, input_shape=input_shape, num_classes=source.num_classes,
                       class_names=source.class_names, has_tasks=any(d is not source.splits[n] for n, d in datasets.items()),
                       device_augment=device_aug)

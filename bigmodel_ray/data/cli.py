@@ -17,7 +17,9 @@ from bigmodel_ray.data import SOURCES, open_pipeline
 from bigmodel_ray.data.pipeline import Transform, stored_images
 from bigmodel_ray.data.sources import DATASET_INFO, SPLITS, DataError
 
-SHARD_BYTES = 128 << 20      # parquet files of ~128 MB: big enough to stream well, small enough to spread
+# Parquet files of at most ~128 MB (and ~64 MB once decoded: a file is one read task's input), and
+# at least 16 per split where rows allow: the file count caps how many CPUs decode in parallel.
+SHARD_BYTES, DECODED_BYTES, MIN_FILES, MIN_ROWS_PER_FILE = 128 << 20, 64 << 20, 16, 64
 
 
 def add_parser(sub) -> None:
@@ -95,7 +97,7 @@ def prepare(src: str, out: str, encoding: str, overrides: list[str], layout: str
     tmp = out_dir.with_name(f".{out_dir.name}.partial")      # renamed into place only when complete
     shutil.rmtree(tmp, ignore_errors=True)
     sample = encode_batch(_stored_batch(source, 8), transform("train"), encoding)["image"]
-    rows_per_file = max(64, SHARD_BYTES // max(np.mean([len(b) for b in sample]) if len(sample) else 1, 1))
+    bytes_per_row = max(np.mean([len(b) for b in sample]) if len(sample) else 1, 1)
     class_names = source.class_names or [str(i) for i in range(source.num_classes)]
     rows = {}
     for name in SPLITS:
@@ -107,7 +109,11 @@ def prepare(src: str, out: str, encoding: str, overrides: list[str], layout: str
             rows[name] = _write_folder(ds, tmp / name, class_names, ".png" if encoding == "png" else ".jpg")
             files = list((tmp / name).rglob("*.*"))
         else:
-            ds.write_parquet(str(tmp / name), min_rows_per_file=int(rows_per_file), max_rows_per_file=int(rows_per_file))
+            (tmp / name).mkdir(parents=True, exist_ok=True)        # an empty split still has its folder
+            decoded_row = fmt.height * fmt.width * fmt.channels
+            per_file = int(max(MIN_ROWS_PER_FILE, min(SHARD_BYTES // bytes_per_row, DECODED_BYTES // decoded_row,
+                                                      -(-source.rows[name] // MIN_FILES))))
+            ds.write_parquet(str(tmp / name), min_rows_per_file=per_file, max_rows_per_file=per_file)
             files = list((tmp / name).glob("*.parquet"))
             rows[name] = sum(pq_rows(f) for f in files)
         size = sum(f.stat().st_size for f in files)

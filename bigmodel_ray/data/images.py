@@ -1,7 +1,6 @@
-"""Turning stored images into model inputs: decode (OpenCV), resize, scale, normalize.
+"""Turning stored images into pixels: decode (OpenCV), convert colour, resize.
 
-Images travel through the pipeline as uint8 (n, H, W, C) arrays, the layout OpenCV warps,
-and become float32 (n, C, H, W) in 0..1 (then normalized) only at the end.
+Images travel through the pipeline as uint8 (n, H, W, C) arrays, the layout OpenCV warps.
 """
 
 import re
@@ -80,12 +79,3 @@ def fit(img: np.ndarray, fmt: ImageFormat, origin: str) -> np.ndarray:
         shrink = img.shape[0] > fmt.height or img.shape[1] > fmt.width
         img = cv2.resize(img, (fmt.width, fmt.height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return img.reshape(fmt.height, fmt.width, fmt.channels)
-
-
-def to_chw_float(images: np.ndarray, mean=None, std=None) -> np.ndarray:
-    """uint8 (n, H, W, C) -> float32 (n, C, H, W) in 0..1, optionally normalized per channel."""
-    x = images.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
-    if mean is not None:
-        x -= np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-        x /= np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-    return x

@@ -1,8 +1,9 @@
 """Stored rows -> model inputs (`x` float32 channels-first, `y` int64), in Ray Data tasks.
 
 One fused `map_batches` per split does everything a row needs — keep its hash-split share,
-read/decode/generate the image, augment it (train only), scale and normalize — so each image
-is touched by one task and resampled once, in parallel with training.
+read/decode/generate the image, augment it (train only) — so each image is touched by one
+task and resampled once, in parallel with training. Scaling to 0..1 and normalizing happen on
+the worker's device (train/inputs.py).
 
 Reproducible augmentation: a row's random draws depend on (job seed, epoch, row key) only, not
 on which task or worker handles it or how rows are batched. Tasks learn the epoch from a tiny
@@ -14,10 +15,11 @@ and warps on the GPU (data/device_warp.py).
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from bigmodel_ray.data.augment import AugmentConfig, augment_batch, draws_for_keys, params_from_draws
-from bigmodel_ray.data.images import BadRecord, ImageFormat, decode, from_raw, to_chw_float
+from bigmodel_ray.data.images import BadRecord, ImageFormat, decode, from_raw
 from bigmodel_ray.data.sources import hash_share
 from bigmodel_ray.data.synthetic import class_of, generate
 
@@ -68,27 +70,39 @@ class Transform:
     augment: AugmentConfig | None = None            # applied here (augment.on: data)
     emit_key: bool = False                          # augment.on: device — the worker augments
     seed: int = 0
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
     skip_bad: bool = False
 
 
 def transform_batch(batch: dict[str, np.ndarray], t: Transform, state=None) -> dict[str, np.ndarray]:
-    """Stored rows -> {"x", "y"} (+ "key" for device augmentation)."""
+    """Stored rows -> {"x", "y"} (+ "key" for device augmentation).
+
+    Images leave as uint8 (n, C, H, W): a quarter of float32's bytes through the object store and
+    the workers' caches; the worker scales and normalizes them on its device (train/inputs.py).
+    """
+    cv2.setNumThreads(1)       # a Ray Data task holds one CPU; OpenCV's own pool would oversubscribe it
     images, y, key = stored_images(batch, t, state)
     if t.fmt is None:                                # 1-D rows pass through
         return {"x": images.astype(np.float32), "y": y}
     if t.augment is not None:
         epoch = _epoch(state)
         images = augment_batch(images, t.augment, draws=draws_for_keys(key, t.seed, epoch))
-    out = {"y": y}
-    if images.dtype == np.uint8:
-        out["x"] = to_chw_float(images, *(() if t.emit_key else (t.mean, t.std)))
-    else:                                            # built-in float images, (n, H, W, C) in 0..1
-        out["x"] = _normalize(images.transpose(0, 3, 1, 2).astype(np.float32), None if t.emit_key else t)
+    chw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    out = {"x": chw if chw.dtype == np.uint8 else chw.astype(np.float32), "y": y}
     if t.emit_key:
         out["key"] = key.view(np.int64)              # torch has no uint64; the bits are what count
     return out
+
+
+def transform_blocks(block: dict[str, np.ndarray], t: Transform, rows: int, state=None):
+    """`transform_batch` over a whole input block, yielding outputs of `rows` rows.
+
+    Used with `map_batches(batch_size=None)`: with a batch size Ray Data will not fuse the map
+    into the read task (measured: a separate op ran at 0.77 CPUs of 2), and a whole block at
+    once would make one huge output; yielding slices streams ~16 MB outputs instead.
+    """
+    n = len(next(iter(block.values()))) if block else 0
+    for start in range(0, n, rows):
+        yield transform_batch({k: v[start:start + rows] for k, v in block.items()}, t, state)
 
 
 def stored_images(batch: dict[str, np.ndarray], t: Transform, state=None):
@@ -153,13 +167,6 @@ def _epoch(state) -> int:
     return ray.get(state.get_epoch.remote())
 
 
-def _normalize(x: np.ndarray, t: Transform | None) -> np.ndarray:
-    if t is not None and t.mean is not None:
-        x -= np.asarray(t.mean, np.float32).reshape(1, -1, 1, 1)
-        x /= np.asarray(t.std, np.float32).reshape(1, -1, 1, 1)
-    return x
-
-
 def augment_config(spec_augment, pixel_max: float) -> AugmentConfig:
     a = spec_augment
     return AugmentConfig(rotation_range=a.rotation_range, width_shift_range=a.width_shift_range,
@@ -169,8 +176,8 @@ def augment_config(spec_augment, pixel_max: float) -> AugmentConfig:
                          brightness_range=tuple(a.brightness_range) if a.brightness_range else None)
 
 
-def device_augment(x, keys, cfg: AugmentConfig, seed: int, epoch: int, mean=None, std=None):
-    """The `augment.on: device` path, on the worker: same draws as the data path, warped with torch."""
+def device_augment(x, keys, cfg: AugmentConfig, seed: int, epoch: int):
+    """The `augment.on: device` path, on the worker (x float in 0..1): the data path's draws, warped with torch."""
     import torch
 
     from bigmodel_ray.data.device_warp import warp_batch_torch
@@ -180,12 +187,11 @@ def device_augment(x, keys, cfg: AugmentConfig, seed: int, epoch: int, mean=None
     x = warp_batch_torch(x, torch.as_tensor(matrices, device=x.device), cfg.fill_mode, cfg.cval)
     if brightness is not None:
         x = (x * torch.as_tensor(brightness, dtype=x.dtype, device=x.device).view(n, 1, 1, 1)).clamp_(0, 1)
-    if mean is not None:
-        x = (x - torch.tensor(mean, device=x.device).view(1, -1, 1, 1)) / torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     return x
 
 
 def batch_rows(fmt: ImageFormat | None) -> int:
+    """Rows per map_batches call: ~16 MB of decoded pixels (small enough to spread over tasks)."""
     if fmt is None:
         return 1024
     return int(max(16, min(1024, TARGET_BATCH_BYTES // (fmt.height * fmt.width * fmt.channels))))

@@ -199,6 +199,9 @@ def _parquet(spec) -> Source:
     info = _read_info(spec.path)
     for name, paths in layout.items():
         where = paths if isinstance(paths, str) else paths[0]
+        if isinstance(paths, str) and Path(paths).is_dir() and not any(Path(paths).rglob("*.parquet")):
+            datasets[name], rows[name] = ray.data.from_items([]), 0          # an empty split (e.g. val: 0)
+            continue
         try:
             table_meta = pads.dataset(paths, format="parquet")
         except (OSError, ValueError) as e:
@@ -207,7 +210,7 @@ def _parquet(spec) -> Source:
         rows[name] = table_meta.count_rows()
         if info is None:     # class count from the labels (one narrow column read)
             label_parts.append(table_meta.to_table(columns=[spec.label_column]).column(0))
-        ds = ray.data.read_parquet(paths, include_paths=True, include_row_hash=True)
+        ds = _read_parquet(paths, len(table_meta.files))
         datasets[name] = ds.select_columns([spec.image_column, spec.label_column, "path", "row_hash"])
     if info is not None:
         num_classes, class_names = len(info["classes"]), info["classes"]
@@ -229,6 +232,24 @@ def _parquet(spec) -> Source:
                                     f"prepare` to write all three, or point path at the files to split them by hash)")
     source.first_image = _first_parquet_image(layout, spec)
     return source
+
+
+def _read_parquet(paths, n_files: int):
+    """One read task per file, through Ray Data's V1 parquet reader.
+
+    Measured on 2 CPUs, 16 files of 224x224 JPEGs: the default V2 reader spends ~1 s per pass
+    listing files in a task and then reads every file in ONE task (decode runs serially: ~650
+    img/s); V1 reads the 16 files in 16 tasks (~1,100 img/s, first batch 0.55 s instead of 3 s).
+    """
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.use_datasource_v2 = ctx.use_datasource_v2, False       # read at plan time, by read_parquet
+    try:
+        return ray.data.read_parquet(paths, include_paths=True, include_row_hash=True,
+                                     override_num_blocks=max(1, n_files))
+    finally:
+        ctx.use_datasource_v2 = saved
 
 
 def _parquet_layout(path: str) -> dict[str, str | list[str]]:

@@ -11,57 +11,56 @@ row exactly once.
 import torch
 
 _READ_BATCH = 1024
-_DTYPES = {"x": torch.float32, "y": torch.int64}
-_KEYED = {**_DTYPES, "key": torch.int64}
 
 
-def _iter_xy(shard, batch_size, device, keyed=False, **kwargs):
-    # Two batches in flight: the next batch is decoded/augmented/moved while this one trains.
-    for b in shard.iter_torch_batches(batch_size=batch_size, dtypes=_KEYED if keyed else _DTYPES, device=device,
-                                      prefetch_batches=2, **kwargs):
+def _iter_stored(shard, batch_size, device, keyed=False, **kwargs):
+    # Columns keep their stored dtypes (x: uint8 images or float series, y/key: int64);
+    # ModelInputs converts x on the device. Two batches in flight: the next one is decoded,
+    # augmented and moved while this one trains.
+    for b in shard.iter_torch_batches(batch_size=batch_size, device=device, prefetch_batches=2, **kwargs):
         yield (b["x"], b["y"], b["key"]) if keyed else (b["x"], b["y"])
 
 
 def _materialize(shard, device, keyed=False) -> tuple[torch.Tensor, ...]:
-    parts = list(zip(*_iter_xy(shard, _READ_BATCH, "cpu", keyed))) if shard is not None else []
+    parts = list(zip(*_iter_stored(shard, _READ_BATCH, "cpu", keyed))) if shard is not None else []
     if not parts:
         return (torch.empty(0), torch.empty(0, dtype=torch.int64)) + ((torch.empty(0, dtype=torch.int64),) if keyed else ())
     return tuple(torch.cat(p).to(device) for p in parts)
 
 
 class TrainBatches:
-    """(x, y) batches of this worker's train shard for one epoch.
+    """(inputs, y) batches of this worker's train shard for one epoch, through `inputs` (ModelInputs).
 
-    `augment(x, key, epoch)`, if given, runs on each batch on the training device (augment.on:
-    device); the shard then carries each row's `key`, from which the augmentation is drawn.
+    With device augmentation the shard carries each row's `key`, from which `inputs` draws the
+    row's transform for the epoch.
     """
 
-    def __init__(self, shard, *, batch_size: int, in_memory: bool, seed: int, rank: int, device, augment=None):
+    def __init__(self, shard, *, batch_size: int, in_memory: bool, seed: int, rank: int, device, inputs):
         self.shard, self.batch_size, self.in_memory = shard, batch_size, in_memory
-        self.seed, self.rank, self.device, self.augment = seed, rank, device, augment
+        self.seed, self.rank, self.device, self.inputs = seed, rank, device, inputs
         self._cache = None
 
     def epoch(self, epoch: int):
         # Order depends only on (seed, epoch, rank): a resumed run sees the same batches.
         order_seed = (self.seed * 1_000_003 + epoch) * 1_009 + self.rank
-        keyed = self.augment is not None
+        keyed = self.inputs.needs_key
         if not self.in_memory:
-            batches = _iter_xy(self.shard, self.batch_size, self.device, keyed,
-                               local_shuffle_buffer_size=max(4 * self.batch_size, 1024), local_shuffle_seed=order_seed)
+            batches = _iter_stored(self.shard, self.batch_size, self.device, keyed,
+                                   local_shuffle_buffer_size=max(4 * self.batch_size, 1024), local_shuffle_seed=order_seed)
         else:
             if self._cache is None:
                 self._cache = _materialize(self.shard, self.device, keyed)
             perm = torch.randperm(len(self._cache[1]), generator=torch.Generator().manual_seed(order_seed))
             batches = (tuple(t[idx] for t in self._cache) for idx in perm.to(self.device).split(self.batch_size))
-        if not keyed:
-            return batches
-        return ((self.augment(x, key, epoch), y) for x, y, key in batches)
+        if keyed:
+            return ((self.inputs(x, key, epoch), y) for x, y, key in batches)
+        return ((self.inputs(x), y) for x, y in batches)
 
 
 class EvalBatches:
-    def __init__(self, shard, *, batch_size: int, in_memory: bool, rank: int, world_size: int, device):
+    def __init__(self, shard, *, batch_size: int, in_memory: bool, rank: int, world_size: int, device, inputs):
         self.shard, self.batch_size, self.in_memory = shard, batch_size, in_memory
-        self.rank, self.world_size, self.device = rank, world_size, device
+        self.rank, self.world_size, self.device, self.inputs = rank, world_size, device, inputs
         self._cache = None
 
     def __iter__(self):
@@ -70,6 +69,6 @@ class EvalBatches:
                 x, y = _materialize(self.shard, self.device)
                 x, y = x[self.rank::self.world_size], y[self.rank::self.world_size]
                 self._cache = list(zip(x.split(self.batch_size), y.split(self.batch_size)))
-            return iter(self._cache)
-        batches = _iter_xy(self.shard, self.batch_size, self.device) if self.shard is not None else ()
-        return (b for i, b in enumerate(batches) if i % self.world_size == self.rank)
+            return ((self.inputs(x), y) for x, y in self._cache)
+        batches = _iter_stored(self.shard, self.batch_size, self.device) if self.shard is not None else ()
+        return ((self.inputs(x), y) for i, (x, y) in enumerate(batches) if i % self.world_size == self.rank)

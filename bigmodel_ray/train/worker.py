@@ -6,6 +6,7 @@ the test metrics, which the driver receives as `Result.return_value`.
 """
 
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -17,13 +18,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bigmodel_ray.models import build_model, shard_units
 from bigmodel_ray.spec import JobSpec
+from bigmodel_ray.train.inputs import ModelInputs
 from bigmodel_ray.train.optim import build_optimizer, build_scheduler
 from bigmodel_ray.train.shards import EvalBatches, TrainBatches
 from bigmodel_ray.train.state import gather_state, read_state, restore_state, save_state
 from bigmodel_ray.train.steps import evaluate, train_epoch
 
 METRICS_FILE = "metrics.jsonl"
-EVAL_BATCH = 512
+
+
+def eval_batch_size(train_batch: int, input_shape) -> int:
+    """Large batches for small inputs (fast), but never more than ~16 MB of float inputs or twice
+    the train batch: a 512-image batch of 224x224 would need ~1 GB of activations."""
+    sample_bytes = 4 * math.prod(input_shape)
+    return int(min(512, max(2 * train_batch, (16 << 20) // sample_bytes)))
 
 
 def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device) -> torch.nn.Module:
@@ -96,9 +104,11 @@ def train_worker(config: dict) -> dict:
     augment_on_data = data.augment is not None and data.augment.on == "data"
     train_batches = TrainBatches(ray.train.get_dataset_shard("train"), batch_size=t.batch_size,
                                  in_memory=data.keep_in_memory and not augment_on_data,   # fresh draws every epoch
-                                 seed=spec.seed, rank=rank, device=device, augment=_device_augment(config, spec))
-    eval_sets = {name: EvalBatches(ray.train.get_dataset_shard(name), batch_size=EVAL_BATCH,
-                                   in_memory=data.keep_in_memory, rank=rank, world_size=world, device=device)
+                                 seed=spec.seed, rank=rank, device=device,
+                                 inputs=ModelInputs(data, spec.seed, config.get("device_augment")))
+    eval_sets = {name: EvalBatches(ray.train.get_dataset_shard(name), batch_size=eval_batch_size(t.batch_size, input_shape),
+                                   in_memory=data.keep_in_memory, rank=rank, world_size=world, device=device,
+                                   inputs=ModelInputs(data, spec.seed))
                  for name in ("val", "test")}
     # DDP's forward broadcasts buffers (a collective); evaluate the inner module so ranks with
     # one batch fewer never wait on each other. FSDP2 evens out forwards inside `evaluate`.
@@ -149,17 +159,6 @@ def _gather(value, world: int) -> list:
     values = [None] * world
     torch.distributed.all_gather_object(values, value)
     return values
-
-
-def _device_augment(config: dict, spec: JobSpec):
-    cfg = config.get("device_augment")
-    if cfg is None:
-        return None
-    from bigmodel_ray.data.pipeline import device_augment
-
-    norm = spec.data.normalize
-    mean, std = (norm.mean, norm.std) if norm else (None, None)
-    return lambda x, key, epoch: device_augment(x, key, cfg, spec.seed, epoch, mean, std)
 
 
 def _rank_checksums(model, strategy: str, world: int) -> list[float] | None:
