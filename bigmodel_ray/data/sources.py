@@ -128,6 +128,9 @@ def _image_folder(spec) -> Source:
 
     datasets = {}
     for name, (paths, labels) in files.items():
+        # Listed class by class; a seeded shuffle so that streamed batches mix the classes.
+        order = np.random.default_rng(spec.split_seed).permutation(len(paths))
+        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
         keys = [_path_key(str(Path(p).relative_to(root))) for p in paths]
         table = pa.table({"path": paths, "y": pa.array(labels, pa.int64()), "key": pa.array(keys, pa.uint64())})
         # Many small blocks: file reading and decoding spread over all the data CPUs.
@@ -210,7 +213,7 @@ def _parquet(spec) -> Source:
         rows[name] = table_meta.count_rows()
         if info is None:     # class count from the labels (one narrow column read)
             label_parts.append(table_meta.to_table(columns=[spec.label_column]).column(0))
-        ds = _read_parquet(paths, len(table_meta.files))
+        ds = _read_parquet(paths, len(table_meta.files), shuffle_seed=spec.split_seed if name != "test" else None)
         datasets[name] = ds.select_columns([spec.image_column, spec.label_column, "path", "row_hash"])
     if info is not None:
         num_classes, class_names = len(info["classes"]), info["classes"]
@@ -234,8 +237,9 @@ def _parquet(spec) -> Source:
     return source
 
 
-def _read_parquet(paths, n_files: int):
-    """One read task per file, through Ray Data's V1 parquet reader.
+def _read_parquet(paths, n_files: int, shuffle_seed: int | None = None):
+    """One read task per file, through Ray Data's V1 parquet reader; files in a new seeded order
+    every pass (epoch) when `shuffle_seed` is given.
 
     Measured on 2 CPUs, 16 files of 224x224 JPEGs: the default V2 reader spends ~1 s per pass
     listing files in a task and then reads every file in ONE task (decode runs serially: ~650
@@ -246,7 +250,8 @@ def _read_parquet(paths, n_files: int):
     ctx = ray.data.DataContext.get_current()
     saved, ctx.use_datasource_v2 = ctx.use_datasource_v2, False       # read at plan time, by read_parquet
     try:
-        return ray.data.read_parquet(paths, include_paths=True, include_row_hash=True,
+        shuffle = ray.data.FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None else None
+        return ray.data.read_parquet(paths, include_paths=True, include_row_hash=True, shuffle=shuffle,
                                      override_num_blocks=max(1, n_files))
     finally:
         ctx.use_datasource_v2 = saved

@@ -35,9 +35,13 @@ class TrainBatches:
     row's transform for the epoch.
     """
 
-    def __init__(self, shard, *, batch_size: int, in_memory: bool, seed: int, rank: int, device, inputs):
+    def __init__(self, shard, *, batch_size: int, in_memory: bool, seed: int, rank: int, device, inputs,
+                 row_bytes: int = 0):
         self.shard, self.batch_size, self.in_memory = shard, batch_size, in_memory
         self.seed, self.rank, self.device, self.inputs = seed, rank, device, inputs
+        # Streaming shuffle window: 1,024 rows, or ~64 MB of rows if that is fewer (a fixed row
+        # count would hold 150 MB of 224x224 images per worker), at least 4 batches.
+        self.shuffle_rows = max(4 * batch_size, min(1024, (64 << 20) // max(row_bytes, 1)))
         self._cache = None
 
     def epoch(self, epoch: int):
@@ -46,7 +50,7 @@ class TrainBatches:
         keyed = self.inputs.needs_key
         if not self.in_memory:
             batches = _iter_stored(self.shard, self.batch_size, self.device, keyed,
-                                   local_shuffle_buffer_size=max(4 * self.batch_size, 1024), local_shuffle_seed=order_seed)
+                                   local_shuffle_buffer_size=self.shuffle_rows, local_shuffle_seed=order_seed)
         else:
             if self._cache is None:
                 self._cache = _materialize(self.shard, self.device, keyed)

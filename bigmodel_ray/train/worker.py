@@ -105,7 +105,8 @@ def train_worker(config: dict) -> dict:
     train_batches = TrainBatches(ray.train.get_dataset_shard("train"), batch_size=t.batch_size,
                                  in_memory=data.keep_in_memory and not augment_on_data,   # fresh draws every epoch
                                  seed=spec.seed, rank=rank, device=device,
-                                 inputs=ModelInputs(data, spec.seed, config.get("device_augment")))
+                                 inputs=ModelInputs(data, spec.seed, config.get("device_augment")),
+                                 row_bytes=math.prod(input_shape))     # stored as uint8 images (float: 4x)
     eval_sets = {name: EvalBatches(ray.train.get_dataset_shard(name), batch_size=eval_batch_size(t.batch_size, input_shape),
                                    in_memory=data.keep_in_memory, rank=rank, world_size=world, device=device,
                                    inputs=ModelInputs(data, spec.seed))
