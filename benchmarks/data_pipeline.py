@@ -343,7 +343,8 @@ def measure_pipeline(path: Path, rounds: int) -> dict:
         print(f"  pipeline round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()) + " img/s",
               flush=True)
     del loader
-    pool.terminate()
+    pool.close()      # not terminate(): SIGTERM makes Ray's handler in each worker print a stack
+    pool.join()
     # How many tasks the last pass ran the fused decode/augment in (each task is serial; one per input block).
     tasks = re.search(r"MapBatches\(transform_blocks\)\S*: (\d+) tasks executed", ds.stats())
     return {

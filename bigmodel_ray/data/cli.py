@@ -17,7 +17,7 @@ from bigmodel_ray.data import SOURCES, open_pipeline
 from bigmodel_ray.data.pipeline import Transform, stored_images
 from bigmodel_ray.data.sources import DATASET_INFO, SPLITS, DataError
 
-# Parquet files of at most ~128 MB (and ~64 MB once decoded: a file is one read task's input), and
+# Parquet files of at most ~128 MB (and ~16 MB once decoded: a file is one read task's input), and
 # at least 16 per split where rows allow: the file count caps how many CPUs decode in parallel.
 SHARD_BYTES, DECODED_BYTES, MIN_FILES, MIN_ROWS_PER_FILE = 128 << 20, 16 << 20, 16, 64
 

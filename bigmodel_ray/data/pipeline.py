@@ -73,7 +73,7 @@ class Transform:
     skip_bad: bool = False
 
 
-def transform_batch(batch: dict[str, np.ndarray], t: Transform, state=None) -> dict[str, np.ndarray]:
+def transform_batch(batch: dict[str, np.ndarray], t: Transform, state=None, epoch: int | None = None) -> dict[str, np.ndarray]:
     """Stored rows -> {"x", "y"} (+ "key" for device augmentation).
 
     Images leave as uint8 (n, C, H, W): a quarter of float32's bytes through the object store and
@@ -84,7 +84,7 @@ def transform_batch(batch: dict[str, np.ndarray], t: Transform, state=None) -> d
     if t.fmt is None:                                # 1-D rows pass through
         return {"x": images.astype(np.float32), "y": y}
     if t.augment is not None:
-        epoch = _epoch(state)
+        epoch = _epoch(state) if epoch is None else epoch
         images = augment_batch(images, t.augment, draws=draws_for_keys(key, t.seed, epoch))
     chw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
     out = {"x": chw if chw.dtype == np.uint8 else chw.astype(np.float32), "y": y}
@@ -101,8 +101,9 @@ def transform_blocks(block: dict[str, np.ndarray], t: Transform, rows: int, stat
     once would make one huge output; yielding slices streams ~16 MB outputs instead.
     """
     n = len(next(iter(block.values()))) if block else 0
+    epoch = _epoch(state) if t.augment is not None else None      # one actor call per block
     for start in range(0, n, rows):
-        yield transform_batch({k: v[start:start + rows] for k, v in block.items()}, t, state)
+        yield transform_batch({k: v[start:start + rows] for k, v in block.items()}, t, state, epoch)
 
 
 def stored_images(batch: dict[str, np.ndarray], t: Transform, state=None):
