@@ -1,4 +1,4 @@
-"""Stored rows -> model inputs (`x` float32 channels-first, `y` int64), in Ray Data tasks.
+"""Stored rows -> worker batches (`x` uint8 images / float32 series, channels-first; `y` int64).
 
 One fused `map_batches` per split does everything a row needs — keep its hash-split share,
 read/decode/generate the image, augment it (train only) — so each image is touched by one
@@ -23,7 +23,7 @@ from bigmodel_ray.data.images import BadRecord, ImageFormat, decode, from_raw
 from bigmodel_ray.data.sources import hash_share
 from bigmodel_ray.data.synthetic import class_of, generate
 
-TARGET_BATCH_BYTES = 16 << 20        # map_batches batch size: ~16 MB of decoded pixels
+TARGET_BATCH_BYTES = 16 << 20        # rows per transform call: ~16 MB of decoded pixels
 
 
 class PipelineState:
