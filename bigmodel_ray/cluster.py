@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from bigmodel_ray.runtime import free_port
 from bigmodel_ray.spec import SpecError
 
 # Ray's CLI on the head reads the token the cluster files install (see cluster/*.yaml).
@@ -56,9 +57,7 @@ def run(verb: str, cluster_file: str, yes: bool = False) -> int:
 @contextlib.contextmanager
 def dashboard_address(cluster_file: str, timeout_s: float = 60):
     """Forward the head's dashboard to a free local port for the duration of the block."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     tunnel = subprocess.Popen([ray_cli(), "dashboard", _checked(cluster_file), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -49,7 +49,7 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
         return
     cpus = None if address is not None else math.ceil(max(os.cpu_count() or 1, num_cpus or 0))
     embedded = {} if address is not None else {
-        "num_cpus": cpus, "include_dashboard": True, "dashboard_port": 8265 if dashboard else _free_port(),
+        "num_cpus": cpus, "include_dashboard": True, "dashboard_port": 8265 if dashboard else free_port(),
         "object_store_memory": object_store_mb * 2**20 if object_store_mb else None}
     ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
              **embedded)
@@ -60,7 +60,7 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -1,8 +1,9 @@
-"""Data for jobs: every source becomes Ray Datasets with columns `x` (float32) and `y` (int64).
+"""Data for jobs: every source becomes Ray Datasets with columns `x` and `y` (int64).
 
 `sources.py` opens a source (built-in set, parquet, image folder, synthetic) as lazy datasets of
-stored rows per split; `pipeline.py` turns stored rows into model inputs in Ray Data tasks
-(decode, augment the train split); workers scale and normalize on their device. `load_data` puts the two together for a job.
+stored rows per split; `pipeline.py` turns them into worker batches in Ray Data tasks (decode,
+augment the train split; `x` uint8 images or float32 series); workers scale and normalize on
+their device (train/inputs.py). `load_data` puts the two together for a job.
 """
 
 from dataclasses import dataclass
@@ -64,11 +65,11 @@ def load_data(data_spec, seed: int = 0, state=None) -> DataBundle:
     from bigmodel_ray.data.pipeline import batch_rows, transform_blocks
 
     source, fmt, input_shape, transform, device_aug = open_pipeline(data_spec, seed)
-    datasets = {}
+    datasets, has_tasks = {}, False
     for name, ds in source.splits.items():
         t = transform(name)
-        passthrough = source.storage == "array" and t.augment is None and not t.emit_key
-        if not passthrough:
+        if not (source.storage == "array" and t.augment is None and not t.emit_key):   # else: rows pass as they are
+            has_tasks = True
             ds = ds.map_batches(transform_blocks, fn_kwargs={"t": t, "rows": batch_rows(fmt), "state": state},
                                 batch_size=None, batch_format="numpy")
             # Blocks of ~32 MB instead of Ray's 128 MB: a task holds less decoded data before it
@@ -76,5 +77,5 @@ def load_data(data_spec, seed: int = 0, state=None) -> DataBundle:
             ds.context.target_max_block_size = BLOCK_BYTES
         datasets[name] = ds
     return DataBundle(datasets=datasets, rows=source.rows, input_shape=input_shape, num_classes=source.num_classes,
-                      class_names=source.class_names, has_tasks=any(d is not source.splits[n] for n, d in datasets.items()),
+                      class_names=source.class_names, has_tasks=has_tasks,
                       device_augment=device_aug)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from bigmodel_ray.data import SOURCES, open_pipeline
-from bigmodel_ray.data.pipeline import Transform, stored_images
+from bigmodel_ray.data.pipeline import Transform, in_split, labels_and_keys, stored_images
 from bigmodel_ray.data.sources import DATASET_INFO, SPLITS, DataError
 
 # Parquet files of at most ~128 MB (and ~16 MB once decoded: a file is one read task's input), and
@@ -189,18 +189,9 @@ def inspect(src: str, overrides: list[str], grid: str | None, samples: int, say=
 
 
 def _label_counts(ds, t: Transform, num_classes: int) -> np.ndarray:
-    import pandas as pd
-
-    def labels(batch):
-        if t.storage in ("encoded", "raw"):      # labels and hash split only: never decode images here
-            y = batch[t.label_column].astype(np.int64)
-            if t.keep_share is not None:
-                from bigmodel_ray.data.sources import hash_share
-                share = hash_share(batch["row_hash"].astype(np.uint64), t.split_seed)
-                y = y[(share >= t.keep_share[0]) & (share < t.keep_share[1])]
-            return pd.DataFrame({"y": y})
-        from bigmodel_ray.data.pipeline import labels_and_keys
-        return pd.DataFrame({"y": labels_and_keys(batch, t)[0]})
+    def labels(batch):          # labels and split membership only: images are never decoded here
+        y, key = labels_and_keys(batch, t)
+        return {"y": y[in_split(key, t)]}
 
     if t.storage in ("encoded", "raw"):
         ds = ds.select_columns([t.label_column, "row_hash"])

@@ -109,12 +109,17 @@ def transform_blocks(block: dict[str, np.ndarray], t: Transform, rows: int, stat
 def stored_images(batch: dict[str, np.ndarray], t: Transform, state=None):
     """The batch's rows in this split as images (uint8 (n, H, W, C); float for built-ins), labels, keys."""
     y, key = labels_and_keys(batch, t)
-    keep = np.ones(len(y), bool)
-    if t.keep_share is not None:
-        share = hash_share(key, t.split_seed)
-        keep = (share >= t.keep_share[0]) & (share < t.keep_share[1])
+    keep = in_split(key, t)
     images, ok = _images(batch, t, keep, key, state)
     return images, y[keep][ok], key[keep][ok]
+
+
+def in_split(key: np.ndarray, t: Transform) -> np.ndarray:
+    """Which rows belong to this split (all, unless rows are split by the hash of their key)."""
+    if t.keep_share is None:
+        return np.ones(len(key), bool)
+    share = hash_share(key, t.split_seed)
+    return (share >= t.keep_share[0]) & (share < t.keep_share[1])
 
 
 def labels_and_keys(batch, t: Transform):
@@ -169,12 +174,9 @@ def _epoch(state) -> int:
 
 
 def augment_config(spec_augment, pixel_max: float) -> AugmentConfig:
-    a = spec_augment
-    return AugmentConfig(rotation_range=a.rotation_range, width_shift_range=a.width_shift_range,
-                         height_shift_range=a.height_shift_range, shear_range=a.shear_range,
-                         zoom_range=tuple(a.zoom_range), horizontal_flip=a.horizontal_flip,
-                         vertical_flip=a.vertical_flip, fill_mode=a.fill_mode, cval=a.cval * pixel_max,
-                         brightness_range=tuple(a.brightness_range) if a.brightness_range else None)
+    """The spec's augment section as the op's config; cval (0..1 in the spec) in pixel units."""
+    fields = spec_augment.model_dump(exclude={"on"})
+    return AugmentConfig(**{**fields, "cval": spec_augment.cval * pixel_max})
 
 
 def device_augment(x, keys, cfg: AugmentConfig, seed: int, epoch: int):
