@@ -12,6 +12,7 @@ from bigmodel_ray.runtime import RunFailed
 from bigmodel_ray.spec import SpecError
 
 RECIPES = {"train": "bigmodel_ray.recipes.train"}
+SWEEP = "bigmodel_ray.recipes.tune"       # any kind, when the job has a `search` block
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,10 +124,9 @@ def _run_command(args) -> None:
     if args.command == "validate":
         print(dump(spec), end="")
         return
-    recipe = importlib.import_module(RECIPES[spec.kind])
-    res = spec.resources
-    start_ray(args.address, args.verbose, args.dashboard, num_cpus=res.workers * res.cpus_per_worker + res.data_cpus,
-              object_store_mb=4 * res.data_memory_mb)
+    recipe = importlib.import_module(SWEEP if spec.search else RECIPES[spec.kind])
+    start_ray(args.address, args.verbose, args.dashboard, num_cpus=recipe.cpus_needed(spec),
+              object_store_mb=4 * spec.resources.data_memory_mb)
     recipe.run(spec, args.job)
 
 

@@ -4,10 +4,8 @@ A job file is a mapping with `name`, `kind` and one section per concern. Each se
 one module: `data` -> bigmodel_ray.data, `model` -> bigmodel_ray.models, `train` ->
 bigmodel_ray.train, `resources`/`checkpoint`/`failure` -> the Ray Train run configuration.
 
-Kinds: `train` is implemented here. `tune`, `compress` and `transfer` jobs reuse these sections
-and add their own (`search`, `compress`, `transfer`); a multi-step pipeline is a job whose
-`steps` list holds such sections, each step reading the previous step's run folder. New kinds
-join `JobSpec` as further members of a union discriminated by `kind`.
+Kinds: `train` is implemented here; `compress` and `transfer` reuse these sections and add their
+own. A `search` block turns any job into a Ray Tune sweep over its fields (bigmodel_ray.tune).
 
 Errors are reported as `FILE: key.path: message (got VALUE)`; see `SpecError`.
 """
@@ -193,6 +191,79 @@ class FailureSpec(_Section):
     max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint; -1 = forever")
 
 
+# Metrics a trial reports every epoch that a search may optimize, with their natural direction.
+# Test metrics are reported too but never selected on: choosing by test accuracy leaks the test set.
+OBJECTIVES = {"val_accuracy": "max", "val_f1": "max", "val_loss": "min", "train_loss": "min",
+              "params": "min", "epoch_s": "min", "samples_per_s": "max"}
+
+
+class SchedulerSpec(_Section):
+    name: Literal["fifo", "asha", "pbt"] = Field("fifo", description="fifo: run every trial to the end; asha: stop "
+                                                                      "bad trials early; pbt: exploit/explore checkpoints")
+    grace_period: int = Field(1, gt=0, description="asha: epochs every trial runs before it may be stopped")
+    reduction_factor: float = Field(3, gt=1, description="asha: 1 in this many trials goes on at each rung")
+    perturbation_interval: int = Field(2, gt=0, description="pbt: epochs between exploit/explore steps")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="pbt: bottom share that clones the top share")
+    resample_probability: float = Field(0.25, ge=0, le=1, description="pbt: chance a value is redrawn, else scaled")
+
+
+class SearchSpec(_Section):
+    space: dict[str, Any] = Field(description="dotted spec path -> loguniform|uniform|randint(lo, hi), choice|grid([...])")
+    num_samples: int = Field(1, gt=0, description="trials drawn; with grid(...) values, drawn per grid point")
+    metric: str | list[str] = Field("val_accuracy", description="one metric, or a list for multi-objective: "
+                                                                + " | ".join(OBJECTIVES))
+    mode: Literal["min", "max"] | list[Literal["min", "max"]] | None = Field(
+        None, description="per metric; default: max for accuracy/F1/throughput, min otherwise")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    search_alg: Literal["random", "grid", "optuna"] = Field("random", description="optuna: TPE, NSGA-II when "
+                                                                                    "multi-objective")
+    max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as the cluster's CPUs hold")
+    trial_cpus: float = Field(0.25, gt=0, description="CPU held by each trial's driver, besides its workers")
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_name(cls, v):
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metrics(cls, v):
+        names = [v] if isinstance(v, str) else v
+        if not names or len(set(names)) != len(names):
+            raise ValueError("must be one metric or a list of distinct metrics")
+        for name in names:
+            if name not in OBJECTIVES:
+                raise ValueError(f"unknown metric {name!r}: one of {' | '.join(OBJECTIVES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.mode is None:
+            self.mode = [OBJECTIVES[m] for m in self.metrics] if self.multi_objective else OBJECTIVES[self.metric]
+        if isinstance(self.mode, list) != self.multi_objective or self.multi_objective and len(self.mode) != len(self.metric):
+            raise ValueError("mode: must match metric: one mode per metric")
+        if self.multi_objective and self.scheduler.name != "fifo":
+            raise ValueError(f"scheduler: {self.scheduler.name} stops trials on one metric; multi-objective "
+                             "searches need fifo")
+        if self.scheduler.name == "pbt" and self.search_alg != "random":
+            raise ValueError("search_alg: pbt draws and perturbs its own configurations; use random")
+        if self.search_alg == "grid" and self.num_samples != 1:
+            raise ValueError("num_samples: a grid search runs each grid point once; must be 1")
+        return self
+
+    @property
+    def multi_objective(self) -> bool:
+        return isinstance(self.metric, list)
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.metric if isinstance(self.metric, list) else [self.metric]
+
+    @property
+    def modes(self) -> list[str]:
+        return self.mode if isinstance(self.mode, list) else [self.mode]
+
+
 class JobSpec(_Section):
     name: str = Field(description="run folder name under `storage`; rerunning the same name resumes it")
     kind: Literal["train"] = "train"
@@ -204,6 +275,7 @@ class JobSpec(_Section):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
+    search: SearchSpec | None = Field(None, description="run a Ray Tune sweep of this job instead of one run")
 
     @field_validator("name")
     @classmethod
@@ -263,11 +335,21 @@ def validate_section(model: type[BaseModel], raw: dict, source: str, prefix: str
 
 def validate(raw: dict, source: str) -> JobSpec:
     try:
-        return JobSpec.model_validate(raw)
+        spec = JobSpec.model_validate(raw)
     except ValidationError as e:
         errors = e.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise SpecError(f"{source}: {_describe(errors[0])}{more}") from None
+    if spec.search is not None:      # every searched path and value must make a valid job
+        from bigmodel_ray.tune.space import check_space
+
+        check_space(spec.search, without_search(raw), source)
+    return spec
+
+
+def without_search(raw: dict) -> dict:
+    """The job a trial runs: everything but the `search` block."""
+    return {k: v for k, v in raw.items() if k != "search"}
 
 
 def _num(v) -> str:

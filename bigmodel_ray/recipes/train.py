@@ -8,11 +8,13 @@ again resumes after the last checkpoint; a finished run resumes into just the te
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from bigmodel_ray.data import load_data
+from bigmodel_ray.data import DataBundle, load_data
 from bigmodel_ray.data.images import bad_record_in
 from bigmodel_ray.data.pipeline import start_state
 from bigmodel_ray.data.sources import DataError
@@ -31,21 +33,25 @@ def run_dir_of(spec: JobSpec, source: str) -> Path:
     return Path(spec.storage).expanduser().resolve() / spec.name
 
 
-def run(spec: JobSpec, source: str, say=print) -> dict:
-    import ray
-    import ray.train
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+@dataclass
+class Plan:
+    """What a train run needs besides its spec, decided on the driver before any worker starts."""
+    data: DataBundle
+    use_gpu: bool
+    steps_per_epoch: int
+    params: int
+    state: Any          # the data pipeline's PipelineState actor, or None
 
-    run_dir = run_dir_of(spec, source)
-    _check_same_job(run_dir, spec, source)
+
+def plan(spec: JobSpec, source: str) -> Plan:
+    """Open the data and check the job against the cluster; a bad job fails here (SpecError)."""
+    import ray
 
     res = spec.resources
     # auto: GPUs only if every worker gets its own (NCCL cannot put two ranks on one GPU).
     use_gpu = ray.cluster_resources().get("GPU", 0) >= res.workers if res.use_gpu == "auto" else res.use_gpu
     if spec.train.precision == "fp16" and not use_gpu:
         raise SpecError(f"{source}: train.precision: fp16 needs a GPU (none is used here); use bf16 on CPU")
-
     state = start_state() if spec.data.augment is not None or spec.data.on_bad_record == "skip" else None
     try:
         data = load_data(spec.data, spec.seed, state)
@@ -54,49 +60,72 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     _check_data_cpus(data, res, source)
     rows_per_worker = data.rows["train"] // res.workers          # Ray splits train evenly
     micro_batches = math.ceil(rows_per_worker / spec.train.batch_size)
-    steps_per_epoch = math.ceil(micro_batches / spec.train.grad_accum)
     try:   # the model's own argument checks, before any worker starts
         model = build_model(spec.model.name, data.input_shape, data.num_classes, **spec.model.args)
     except (TypeError, ValueError) as e:
         raise SpecError(f"{source}: model.args: {e}") from None
-    n_params = sum(p.numel() for p in model.parameters())
-    t = spec.train
-    say(f"{spec.name}: {spec.model.name} ({n_params:,} params) on {spec.data.source} "
-        f"({data.rows['train']:,} train / {data.rows['val']:,} val / {data.rows['test']:,} test), "
-        f"{res.workers} workers, {t.strategy} on {'GPU' if use_gpu else 'CPU'}, {t.precision}; "
-        f"effective global batch {t.batch_size} x {t.grad_accum} accum x {res.workers} workers "
-        f"= {t.batch_size * t.grad_accum * res.workers}")
+    return Plan(data, use_gpu, math.ceil(micro_batches / spec.train.grad_accum),
+                sum(p.numel() for p in model.parameters()), state)
+
+
+def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, run_dir: str | None,
+                 callbacks=(), init_checkpoint: str | None = None, keep: int | None = None):
+    """The Ray Train run of `spec`: `run_dir` gets the epoch log (None: no log); a run without
+    checkpoints of its own starts from `init_checkpoint` when given."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    res = spec.resources
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": run_dir,
+                           "input_shape": list(plan.data.input_shape), "num_classes": plan.data.num_classes,
+                           "steps_per_epoch": plan.steps_per_epoch, "pipeline_state": plan.state,
+                           "device_augment": plan.data.device_augment, "params": plan.params,
+                           "init_checkpoint": init_checkpoint},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=plan.use_gpu,
+                                     resources_per_worker={"CPU": res.cpus_per_worker}),
+        datasets=plan.data.datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ingest_options(res)),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path, callbacks=list(callbacks),
+            checkpoint_config=CheckpointConfig(num_to_keep=keep or spec.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=spec.failure.max_failures),
+        ),
+    )
+
+
+def describe(spec: JobSpec, plan: Plan) -> str:
+    t, res, rows = spec.train, spec.resources, plan.data.rows
+    return (f"{spec.model.name} ({plan.params:,} params) on {spec.data.source} "
+            f"({rows['train']:,} train / {rows['val']:,} val / {rows['test']:,} test), "
+            f"{res.workers} workers, {t.strategy} on {'GPU' if plan.use_gpu else 'CPU'}, {t.precision}; "
+            f"effective global batch {t.batch_size} x {t.grad_accum} accum x {res.workers} workers "
+            f"= {t.batch_size * t.grad_accum * res.workers}")
+
+
+def run(spec: JobSpec, source: str, say=print) -> dict:
+    import ray
+    import ray.train
+
+    run_dir = run_dir_of(spec, source)
+    _check_same_job(run_dir, spec, source)
+    job = plan(spec, source)
+    say(f"{spec.name}: {describe(spec, job)}")
     run_dir.mkdir(parents=True, exist_ok=True)       # only now: a rejected job writes nothing
     _write_atomic(run_dir / SPEC_FILE, dump(spec))
     done_before = _epochs_logged(run_dir)
     if done_before:
         say(f"{spec.name}: resuming from the last checkpoint in {run_dir} ({done_before} epochs logged)")
 
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": str(run_dir),
-                           "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-                           "steps_per_epoch": steps_per_epoch, "pipeline_state": state,
-                           "device_augment": data.device_augment},
-        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": res.cpus_per_worker}),
-        datasets=data.datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ingest_options(res)),
-        run_config=RunConfig(
-            name=spec.name, storage_path=str(run_dir.parent),
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
-            failure_config=FailureConfig(max_failures=spec.failure.max_failures),
-        ),
-    )
+    trainer = make_trainer(spec, job, name=spec.name, storage_path=str(run_dir.parent), run_dir=str(run_dir))
+    t = spec.train
     start = time.perf_counter()
     with EpochPrinter(run_dir / METRICS_FILE, t.epochs, done_before):
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError as e:
-            if bad := bad_record_in(e):     # bad input, not a failed run: exit 2 like any spec error
-                raise SpecError(f"{source}: data: {bad} (data.on_bad_record: skip drops such records)") from None
-            raise RunFailed(f"{spec.name}: training failed: {_first_line(e)} "
-                            f"(run folder {run_dir}; rerun with -v for worker logs)") from e
+            raise failure(e, spec, source, run_dir) from e
     wall_s = time.perf_counter() - start
 
     history = read_epoch_log(run_dir)
@@ -107,10 +136,10 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
         "samples_per_s_median": _median([r["samples_per_s"] for r in history[1:] or history]),
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "run_dir": str(run_dir), "workers": res.workers, "use_gpu": use_gpu, "params": n_params,
+        "run_dir": str(run_dir), "workers": spec.resources.workers, "use_gpu": job.use_gpu, "params": job.params,
     }
-    if state is not None:
-        summary["skipped_records"], examples = ray.get(state.skipped_report.remote())
+    if job.state is not None:
+        summary["skipped_records"], examples = ray.get(job.state.skipped_report.remote())
         if summary["skipped_records"]:
             say(f"{spec.name}: skipped {summary['skipped_records']} bad records (data.on_bad_record: skip), "
                 f"e.g. {'; '.join(examples)}")
@@ -118,6 +147,20 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     say(f"{spec.name}: test_accuracy {summary['test_accuracy']:.4f}  test_f1 {summary['test_f1']:.4f}  "
         f"({summary['epochs']} epochs, {summary['epochs_this_run']} this run, {wall_s:.1f}s) -> {run_dir}")
     return summary
+
+
+def failure(e: Exception, spec: JobSpec, source: str, run_dir) -> Exception:
+    """The error to raise for a failed Ray Train run: bad input exits 2 like any spec error."""
+    if bad := bad_record_in(e):
+        return SpecError(f"{source}: data: {bad} (data.on_bad_record: skip drops such records)")
+    return RunFailed(f"{spec.name}: training failed: {_first_line(e)} (run folder {run_dir}; "
+                     f"rerun with -v for worker logs)")
+
+
+def cpus_needed(spec: JobSpec) -> float:
+    """Logical CPUs the embedded Ray offers this job: its trainers plus the data pipeline's."""
+    res = spec.resources
+    return res.workers * res.cpus_per_worker + res.data_cpus
 
 
 def _ingest_options(res):

@@ -29,3 +29,18 @@ def build_scheduler(optimizer, spec, steps_per_epoch: int) -> torch.optim.lr_sch
     warmup = round(s.warmup_epochs * steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, warmup, s.name, s.min_lr_ratio))
+
+
+def apply_hyperparameters(optimizer, scheduler, spec) -> None:
+    """Set the spec's optimizer values after a checkpoint restored the optimizer and schedule.
+
+    Restoring brings back the saved run's learning rate, but the spec decides it: a resumed run
+    may have changed it, and a population-based-training trial continues another trial's
+    checkpoint with its own, perturbed values.
+    """
+    o = spec.optimizer
+    scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
+    for group, lr in zip(optimizer.param_groups, scheduler.get_lr()):
+        group["lr"], group["initial_lr"], group["weight_decay"] = lr, o.lr, o.weight_decay
+        if "momentum" in group:
+            group["momentum"] = o.momentum

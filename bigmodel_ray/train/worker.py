@@ -1,8 +1,10 @@
 """The per-worker training loop that Ray Train runs on every rank.
 
 setup (model, strategy, optimizer, resume) -> for each epoch: train, validate on all ranks,
-log, report (+ checkpoint every N epochs) -> test. Rank 0 writes the epoch log and returns
-the test metrics, which the driver receives as `Result.return_value`.
+log, report (+ checkpoint every N epochs); the last epoch's report carries the test metrics
+too. Rank 0 writes the epoch log and returns the test metrics, which the driver receives as
+`Result.return_value`. Each checkpoint holds the epoch's report next to the state, so a run
+resumed from its final checkpoint can repeat the report without training.
 """
 
 import json
@@ -19,12 +21,13 @@ from torch.nn.parallel import DistributedDataParallel
 from bigmodel_ray.models import build_model, shard_units
 from bigmodel_ray.spec import JobSpec
 from bigmodel_ray.train.inputs import ModelInputs
-from bigmodel_ray.train.optim import build_optimizer, build_scheduler
+from bigmodel_ray.train.optim import apply_hyperparameters, build_optimizer, build_scheduler
 from bigmodel_ray.train.shards import EvalBatches, TrainBatches
 from bigmodel_ray.train.state import gather_state, read_state, restore_state, save_state
 from bigmodel_ray.train.steps import evaluate, train_epoch
 
 METRICS_FILE = "metrics.jsonl"
+REPORT_FILE = "report.json"      # in each checkpoint: the metrics reported with it
 
 
 def eval_batch_size(train_batch: int, input_shape) -> int:
@@ -57,9 +60,9 @@ def read_epoch_log(run_dir: str | Path) -> list[dict]:
 class EpochLog:
     """`metrics.jsonl` in the run folder: one JSON object per finished epoch (rank 0 only)."""
 
-    def __init__(self, run_dir: str, enabled: bool):
-        self.path = Path(run_dir) / METRICS_FILE
-        self.enabled = enabled
+    def __init__(self, run_dir: str | None, enabled: bool):
+        self.path = Path(run_dir or ".") / METRICS_FILE
+        self.enabled = enabled and run_dir is not None
 
     def truncate_to(self, epochs_done: int) -> None:
         """Drop epochs that a crash logged but never checkpointed: they will run again."""
@@ -92,13 +95,19 @@ def train_worker(config: dict) -> dict:
     scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
 
     epochs_done = 0
-    if checkpoint := ray.train.get_checkpoint():
+    # The run's own checkpoint (resume, restart after a failure), else one handed over: a sweep's
+    # trial continuing after an interruption, or a PBT trial cloning a better one.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("init_checkpoint"):
+        checkpoint = ray.train.Checkpoint(config["init_checkpoint"])
+    if checkpoint:
         with checkpoint.as_directory() as d:
             epochs_done = restore_state(read_state(d), model, optimizer, scheduler, scaler, rank)
+        apply_hyperparameters(optimizer, scheduler, t)
     else:
         torch.manual_seed(spec.seed * 1_000_003 + rank)  # per-rank dropout streams
 
-    log = EpochLog(config["run_dir"], enabled=rank == 0)
+    log = EpochLog(config.get("run_dir"), enabled=rank == 0)
     log.truncate_to(epochs_done)
     pipeline_state = config.get("pipeline_state")
     augment_on_data = data.augment is not None and data.augment.on == "data"
@@ -120,6 +129,7 @@ def train_worker(config: dict) -> dict:
                         precision=t.precision, input_shape=input_shape)
 
     meta = {"model": spec.model.model_dump(), "input_shape": list(input_shape), "num_classes": num_classes}
+    test = None
     for epoch in range(epochs_done, t.epochs):
         if pipeline_state is not None:     # before asking for the epoch's data: its tasks read it
             ray.get(pipeline_state.set_epoch.remote(epoch))
@@ -134,19 +144,24 @@ def train_worker(config: dict) -> dict:
             "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"],
             "lr": scheduler.get_last_lr()[0],
             "samples_per_s": train["samples"] * world / train_s, "train_s": train_s,
-            "epoch_s": time.perf_counter() - start,
+            "epoch_s": time.perf_counter() - start, "params": config.get("params"),
         }
+        last = epoch + 1 == t.epochs
+        if last:
+            test = run_eval("test")
+            row.update(test_loss=test["loss"], test_accuracy=test["accuracy"], test_f1=test["f1"])
         log.append(row)
-        save = (epoch + 1) % spec.checkpoint.every == 0 or epoch + 1 == t.epochs
+        save = (epoch + 1) % spec.checkpoint.every == 0 or last
         state = gather_state(model, optimizer, scheduler, scaler, epoch + 1, meta) if save else None
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if state is not None:
                 save_state(state, tmp)
+                (Path(tmp) / REPORT_FILE).write_text(json.dumps(row))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(row, checkpoint=checkpoint)
 
-    test = run_eval("test")
+    test = test or run_eval("test")
     return {"test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_f1": test["f1"],
             "test_count": test["count"], "epochs": t.epochs, "resumed_from_epoch": epochs_done,
             "rank_param_checksums": _rank_checksums(model, t.strategy, world),

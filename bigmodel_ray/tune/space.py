@@ -86,7 +86,8 @@ def parse_space(space: Any, raw_job: dict, source: str) -> dict[str, Distributio
     parsed = {}
     for path, text in space.items():
         where = f"{source}: search.space.{path}"
-        if path.split(".")[0] in ("name", "storage", "search", "kind"):
+        if path.split(".")[0] in ("name", "storage", "search", "kind", "resources"):
+            # resources: every trial reserves the same CPUs/GPUs, which sizes the sweep's concurrency
             raise SpecError(f"{where}: cannot be searched")
         dist = parse_distribution(text, where)
         for value in dist.corners():
@@ -95,8 +96,37 @@ def parse_space(space: Any, raw_job: dict, source: str) -> dict[str, Distributio
     return parsed
 
 
+def check_space(search, raw_job: dict, source: str) -> dict[str, Distribution]:
+    """The parsed space, checked against the job and against what the search algorithm can draw."""
+    space = parse_space(search.space, raw_job, source)
+    for path, dist in space.items():
+        where = f"{source}: search.space.{path}"
+        if search.search_alg == "grid" and dist.kind not in ("grid", "choice"):
+            raise SpecError(f"{where}: search_alg grid needs grid([...]) or choice([...]) values (got {dist.kind})")
+        if dist.kind == "grid" and search.search_alg == "optuna":
+            raise SpecError(f"{where}: optuna draws its own points; use choice([...]) instead of grid([...])")
+        if dist.kind == "grid" and search.scheduler.name == "pbt":
+            raise SpecError(f"{where}: pbt perturbs values; use choice([...]) instead of grid([...])")
+    if search.scheduler.name == "asha" and "train.epochs" in space:
+        raise SpecError(f"{source}: search.space.train.epochs: asha decides how long trials run; fix train.epochs")
+    return space
+
+
+def tune_space(space: dict[str, Distribution], search_alg: str) -> dict:
+    """Ray Tune's param_space; a grid search turns choice([...]) into grid([...])."""
+    if search_alg == "grid":
+        space = {p: Distribution("grid", d.args) if d.kind == "choice" else d for p, d in space.items()}
+    return {path: dist.to_tune() for path, dist in space.items()}
+
+
 def grid_size(space: dict[str, Distribution]) -> int:
     return math.prod(len(d.args[0]) for d in space.values() if d.kind == "grid")
+
+
+def trial_count(space: dict[str, Distribution], search) -> int:
+    if search.search_alg == "grid":
+        return math.prod(len(d.args[0]) for d in space.values())
+    return search.num_samples * grid_size(space)
 
 
 def apply(raw_job: dict, config: dict[str, Any]) -> dict:
