@@ -20,7 +20,7 @@ from bigmodel_ray.spec import JobSpec, SpecError, dump, without_search
 from bigmodel_ray.tune import results
 from bigmodel_ray.tune.progress import SweepProgress
 from bigmodel_ray.tune.space import check_space, trial_count, tune_space
-from bigmodel_ray.tune.trial import TRAIN_RUNS, run_trial
+from bigmodel_ray.tune.trial import TRAIN_RUNS, checkpoints_by_age, run_trial
 
 SPEC_FILE, RESULT_FILE = "spec.yaml", "result.json"
 
@@ -132,7 +132,7 @@ def _prune_checkpoints(records) -> None:
     """
     for record in records:
         if record.status in ("finished", "stopped"):
-            for old in sorted(Path(record.path).glob("checkpoint_*"))[:-1]:
+            for old in checkpoints_by_age(Path(record.path).glob("checkpoint_*"))[:-1]:
                 shutil.rmtree(old, ignore_errors=True)
 
 

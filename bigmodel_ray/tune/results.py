@@ -8,6 +8,7 @@
   pareto.png                   two objectives: every trial, the Pareto front highlighted
 """
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bigmodel_ray.tune.space import apply
+from bigmodel_ray.tune.space import apply, parse_distribution
+from bigmodel_ray.tune.trial import history_file
 
 TABLE_METRICS = ("val_accuracy", "val_f1", "val_loss", "test_accuracy", "test_f1", "params")
 
@@ -36,7 +38,6 @@ def collect(sweep_dir: Path, epochs: int) -> list[TrialRecord]:
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(sweep_dir))
-    frames = analysis.trial_dataframes
     records = []
     for trial in sorted(analysis.trials, key=lambda t: t.trial_id):
         last = trial.last_result or {}
@@ -53,19 +54,23 @@ def collect(sweep_dir: Path, epochs: int) -> list[TrialRecord]:
         if trial.status == "ERROR" and error_file.exists():
             lines = [line for line in error_file.read_text().splitlines() if line and line[0] != " "]
             error = lines[-1][:300] if lines else "error"
-        history = frames.get(trial.trial_id, pd.DataFrame())
+        history = read_history(history_file(sweep_dir, trial.trial_id))
         records.append(TrialRecord(trial.trial_id, trial.path, status, dict(trial.config), last, history, error))
     return records
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    """Every epoch a trial trained, in order (see trial.py)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return pd.DataFrame([json.loads(line) for line in lines if line.strip()])
 
 
 def table(records: list[TrialRecord], objectives: list[str]) -> pd.DataFrame:
     metrics = list(dict.fromkeys([*objectives, *TABLE_METRICS]))
     rows = []
     for r in records:
-        # Distinct epochs: a trial whose final report Tune had not saved when its driver died
-        # repeats that report on restore without training.
-        trained = r.history["epoch"].nunique() if "epoch" in r.history else 0
-        row = {"trial": r.trial_id, "status": r.status, "epoch": r.last.get("epoch", 0), "epochs_trained": trained}
+        row = {"trial": r.trial_id, "status": r.status, "epoch": r.last.get("epoch", 0),
+               "epochs_trained": len(r.history)}
         row.update(r.config)
         row.update({m: r.last.get(m) for m in metrics})
         row["time_s"] = round(r.last.get("time_total_s", 0.0), 1)
@@ -141,6 +146,7 @@ def _finite(v) -> bool:
 
 def _plots(sweep_dir: Path, records, frame: pd.DataFrame, search) -> None:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -160,16 +166,17 @@ def _plots(sweep_dir: Path, records, frame: pd.DataFrame, search) -> None:
     paths = list(search.space)
     fig, axes = plt.subplots(1, len(paths), figsize=(4 * len(paths), 3.6), squeeze=False)
     for ax, path in zip(axes[0], paths):
-        values = frame[path]
-        y = frame[metric]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            ax.scatter(values, y, c=["C0" if s == "finished" else "C1" for s in frame["status"]])
-            if values.min() > 0 and values.max() / values.min() > 20:
-                ax.set_xscale("log")
-        else:       # categorical values (lists, strings): one column per value
-            labels = sorted({str(v) for v in values})
-            ax.scatter([labels.index(str(v)) for v in values], y)
+        dist = parse_distribution(search.space[path], path)
+        colors = ["C0" if status == "finished" else "C1" for status in frame["status"]]
+        if dist.kind in ("choice", "grid"):      # one column per value, in the order written
+            labels = [str(v) for v in dist.args[0]]
+            ax.scatter([labels.index(str(v)) for v in frame[path]], frame[metric], c=colors)
             ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
+        else:
+            ax.scatter(frame[path], frame[metric], c=colors)
+            if dist.kind == "loguniform":
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set(xlabel=path, ylabel=metric)
     fig.suptitle(f"{metric} (last report) vs searched values; orange: stopped early")
     fig.tight_layout()

@@ -18,10 +18,16 @@ from pathlib import Path
 from ray.train.v2.api.callback import UserCallback
 
 from bigmodel_ray.spec import validate
+from bigmodel_ray.train.state import STATE_FILE
 from bigmodel_ray.train.worker import REPORT_FILE
 from bigmodel_ray.tune.space import apply
 
 TRAIN_RUNS = ".train"     # inside the sweep folder: the trials' own Ray Train runs, removed as they end
+HISTORIES = "histories"   # inside the sweep folder: <trial id>.jsonl, every epoch a trial trained
+
+
+def history_file(sweep_dir, trial_id: str) -> Path:
+    return Path(sweep_dir) / HISTORIES / f"{trial_id}.jsonl"
 
 
 class ReportToTune(UserCallback):
@@ -38,6 +44,30 @@ class ReportToTune(UserCallback):
         self.reports.put((metrics[0], checkpoint.path if checkpoint else None))
 
 
+def starting_checkpoint(given, trial_id: str, sweep_dir: str) -> str | None:
+    """Where a (re)started trial continues from.
+
+    PBT hands over another trial's checkpoint: use it. A restored sweep hands back the trial's
+    checkpoint that its last state snapshot knew (or none), which may be older than what the
+    trial wrote before the driver died (the snapshot is taken every few seconds): continue from
+    the trial's latest complete checkpoint on disk instead, so finished work is not trained again.
+    """
+    if given is not None and f"_{trial_id}_" not in Path(given.path).parent.name:
+        return given.path
+    own = checkpoints_by_age(Path(sweep_dir).glob(f"*_{trial_id}_*/checkpoint_*"))
+    if not own:
+        return given.path if given is not None else None
+    return str(own[-1])
+
+
+def checkpoints_by_age(folders) -> list[Path]:
+    """Complete checkpoints, oldest first: by epoch, then by time written. (Not by name: after a
+    restore, Tune's numbering restarts from its last snapshot and reuses names.)"""
+    complete = [c for c in folders if (c / REPORT_FILE).exists() and (c / STATE_FILE).exists()]
+    return sorted(complete, key=lambda c: (json.loads((c / REPORT_FILE).read_text())["epoch"],
+                                           (c / REPORT_FILE).stat().st_mtime))
+
+
 def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str) -> None:
     from ray import tune
     from ray.util.queue import Empty, Queue
@@ -45,21 +75,22 @@ def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str) -> None:
     from bigmodel_ray.recipes.train import failure, make_trainer, plan
 
     spec = validate(apply(raw_job, config), source)
-    start = tune.get_checkpoint()
+    trial_id = tune.get_context().get_trial_id()
+    start = starting_checkpoint(tune.get_checkpoint(), trial_id, sweep_dir)
     if start is not None:
-        report = json.loads((Path(start.path) / REPORT_FILE).read_text())
+        report = json.loads((Path(start) / REPORT_FILE).read_text())
         if report["epoch"] >= spec.train.epochs:
-            # The trial had finished, but the sweep was stopped before Tune recorded it: repeat
-            # its final report instead of training again.
+            # Nothing left to train: the trial had finished but the sweep stopped before Tune
+            # recorded it, or PBT cloned a finished trial. Repeat the final report.
             tune.report(report)
             return
 
-    run_name = f"{tune.get_context().get_trial_id()}-{uuid.uuid4().hex[:6]}"
+    run_name = f"{trial_id}-{uuid.uuid4().hex[:6]}"
     train_runs = Path(sweep_dir) / TRAIN_RUNS
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = make_trainer(spec, plan(spec, source), name=run_name, storage_path=str(train_runs), run_dir=None,
                            callbacks=[ReportToTune(reports)], keep=2,
-                           init_checkpoint=start.path if start is not None else None)
+                           init_checkpoint=start)
     outcome = {}
 
     def fit():
@@ -68,17 +99,21 @@ def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str) -> None:
         except Exception as e:          # re-raised in the trial's thread below
             outcome["error"] = e
 
+    # The trial's own record of every epoch it trained, with the values it trained with. Tune's
+    # result.json is no substitute: a restarted trial's copy is replaced by a stale synced one.
+    history = history_file(sweep_dir, trial_id)
+    history.parent.mkdir(parents=True, exist_ok=True)
     fitting = threading.Thread(target=fit, daemon=True)
     fitting.start()
-    try:
-        while fitting.is_alive() or not reports.empty():
-            try:
-                metrics, checkpoint = reports.get(timeout=0.5)
-            except (Empty, queue.Empty):
-                continue
-            tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint) if checkpoint else None)
-    finally:
-        fitting.join(timeout=0 if fitting.is_alive() else None)
+    while fitting.is_alive() or not reports.empty():
+        try:
+            metrics, checkpoint = reports.get(timeout=0.5)
+        except (Empty, queue.Empty):
+            continue
+        with history.open("a") as f:
+            f.write(json.dumps({**metrics, "config": config}) + "\n")
+        tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint) if checkpoint else None)
+    fitting.join()
     if "error" in outcome:
         raise failure(outcome["error"], spec, source, sweep_dir)
     shutil.rmtree(train_runs / run_name, ignore_errors=True)    # Tune holds copies of the checkpoints
