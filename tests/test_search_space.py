@@ -47,3 +47,14 @@ def test_apply_sets_dotted_paths_without_touching_the_original():
     assert job["train"]["optimizer"]["lr"] == 0.01 and job["model"]["args"]["channels"] == [4, 8]
     assert "optimizer" not in JOB["train"] and JOB["model"]["args"]["channels"] == [8, 16]
     assert parse_distribution("choice([a, 2, [3]])", "x").args == (("a", 2, [3]),)
+
+
+def test_grid_points_cover_every_combination_once_in_a_seeded_order():
+    from bigmodel_ray.tune.space import grid_points
+
+    space = parse_space({"train.optimizer.lr": "grid([0.1, 0.01, 0.001])", "model.args.channels": "choice([[4], [8]])"},
+                        JOB, "job.yaml")
+    points = grid_points(space, seed=0)
+    combos = sorted((p["train.optimizer.lr"], p["model.args.channels"]) for p in points)
+    assert combos == sorted((lr, c) for lr in (0.1, 0.01, 0.001) for c in ([4], [8]))
+    assert points == grid_points(space, seed=0) and points != grid_points(space, seed=1)

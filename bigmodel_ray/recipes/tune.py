@@ -63,7 +63,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         say(f"{spec.name}: resuming the sweep in {sweep_dir} ({done} trials already ended)")
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, param_space=tune_space(space, search.search_alg),
+        tuner = tune.Tuner(trainable, param_space=tune_space(space, search.search_alg, spec.seed),
                            tune_config=_tune_config(spec, space, concurrency),
                            run_config=tune.RunConfig(
                                name=spec.name, storage_path=str(sweep_dir.parent), verbose=0,

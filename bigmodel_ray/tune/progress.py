@@ -9,13 +9,15 @@ import time
 
 from ray.tune import Callback
 
+from bigmodel_ray.tune.space import trial_values
+
 
 def short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def describe_config(config: dict) -> str:
-    return " ".join(f"{path.rsplit('.', 1)[-1]}={short(v)}" for path, v in config.items())
+    return " ".join(f"{path.rsplit('.', 1)[-1]}={short(v)}" for path, v in trial_values(config).items())
 
 
 class SweepProgress(Callback):
@@ -40,7 +42,7 @@ class SweepProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        epoch, epochs = last.get("epoch", 0), trial.config.get("train.epochs", self.epochs)
+        epoch, epochs = last.get("epoch", 0), trial_values(trial.config).get("train.epochs", self.epochs)
         how = "finished" if epoch >= epochs else f"stopped at epoch {epoch}/{epochs}"
         value = last.get(self.metric)
         shown = f"{self.metric} {value:.4f}" if isinstance(value, float) else ""
@@ -64,7 +66,7 @@ def status_line(trials, epochs: int, metric: str, best) -> str:
     counts = {"running": 0, "pending": 0, "finished": 0, "stopped": 0, "failed": 0}
     for t in trials:
         if t.status == "TERMINATED":
-            done = (t.last_result or {}).get("epoch", 0) >= t.config.get("train.epochs", epochs)
+            done = (t.last_result or {}).get("epoch", 0) >= trial_values(t.config).get("train.epochs", epochs)
             counts["finished" if done else "stopped"] += 1
         elif t.status == "ERROR":
             counts["failed"] += 1

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bigmodel_ray.tune.space import apply, parse_distribution
+from bigmodel_ray.tune.space import apply, parse_distribution, trial_values
 from bigmodel_ray.tune.trial import history_file
 
 TABLE_METRICS = ("val_accuracy", "val_f1", "val_loss", "test_accuracy", "test_f1", "params")
@@ -42,7 +42,8 @@ def collect(sweep_dir: Path, epochs: int) -> list[TrialRecord]:
     for trial in sorted(analysis.trials, key=lambda t: t.trial_id):
         last = trial.last_result or {}
         epoch = last.get("epoch", 0)
-        trial_epochs = trial.config.get("train.epochs", epochs)      # when the search sets it
+        config = trial_values(trial.config)
+        trial_epochs = config.get("train.epochs", epochs)      # when the search sets it
         if trial.status == "ERROR":
             status = "failed"
         elif trial.status == "TERMINATED":
@@ -55,7 +56,7 @@ def collect(sweep_dir: Path, epochs: int) -> list[TrialRecord]:
             lines = [line for line in error_file.read_text().splitlines() if line and line[0] != " "]
             error = lines[-1][:300] if lines else "error"
         history = read_history(history_file(sweep_dir, trial.trial_id))
-        records.append(TrialRecord(trial.trial_id, trial.path, status, dict(trial.config), last, history, error))
+        records.append(TrialRecord(trial.trial_id, trial.path, status, config, last, history, error))
     return records
 
 

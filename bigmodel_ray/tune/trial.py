@@ -20,7 +20,7 @@ from ray.train.v2.api.callback import UserCallback
 from bigmodel_ray.spec import validate
 from bigmodel_ray.train.state import STATE_FILE
 from bigmodel_ray.train.worker import REPORT_FILE
-from bigmodel_ray.tune.space import apply
+from bigmodel_ray.tune.space import apply, trial_values
 
 TRAIN_RUNS = ".train"     # inside the sweep folder: the trials' own Ray Train runs, removed as they end
 HISTORIES = "histories"   # inside the sweep folder: <trial id>.jsonl, every epoch a trial trained
@@ -74,6 +74,7 @@ def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str) -> None:
 
     from bigmodel_ray.recipes.train import failure, make_trainer, plan
 
+    config = trial_values(config)
     spec = validate(apply(raw_job, config), source)
     trial_id = tune.get_context().get_trial_id()
     start = starting_checkpoint(tune.get_checkpoint(), trial_id, sweep_dir)

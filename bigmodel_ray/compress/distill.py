@@ -1,0 +1,16 @@
+"""Knowledge distillation: Hinton et al. (2015)'s loss for training a student from a teacher."""
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels).
+
+    The T^2 factor keeps the soft term's gradients the same size whatever the temperature;
+    `batchmean` is KL's true mean over samples (`mean` would also divide by the class count)."""
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)

@@ -1,0 +1,59 @@
+"""ONNX export with an onnxruntime parity check.
+
+`torch.onnx.export` (the dynamo exporter, torch 2.13's default) writes `model.onnx` with a
+dynamic batch dimension; onnxruntime then runs it on the same inputs as PyTorch: the result
+carries the max absolute difference of the logits, the share of equal argmax predictions, and
+onnxruntime's latency at batch 1 and at the inputs' batch size.
+"""
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+class ExportError(Exception):
+    """The model cannot be exported to ONNX (e.g. int8 kernels the exporter does not translate)."""
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        # The exporter prints its progress; keep the console to our own lines.
+        with contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(model.eval(), (example,), str(path), input_names=["x"], output_names=["logits"],
+                              dynamic_shapes=({0: batch},), external_data=False)
+    except Exception as e:      # the exporters raise many types; the first line says what failed
+        raise ExportError(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}") from None
+    return path
+
+
+def session(path: str | Path, threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.inference_mode()
+def parity(model: nn.Module, path: str | Path, x: torch.Tensor, threads: int = 1) -> dict:
+    from bigmodel_ray.compress.measure import latencies
+
+    sess = session(path, threads)
+    expected = model.eval()(x).float().numpy()
+    got = sess.run(None, {"x": x.numpy()})[0]
+
+    def run_ort(batch):
+        return sess.run(None, {"x": batch.numpy()})
+
+    timed = {f"ort_latency_ms_bs{len(b)}": latencies({"ort": run_ort}, b, threads)["ort"] for b in (x[:1], x)}
+    return {"max_abs_diff": float(np.abs(got - expected).max()),
+            "argmax_agreement": float((got.argmax(1) == expected.argmax(1)).mean()),
+            "onnx_bytes": Path(path).stat().st_size, **timed}
