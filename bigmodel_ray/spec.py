@@ -13,7 +13,7 @@ Errors are reported as `FILE: key.path: message (got VALUE)`; see `SpecError`.
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -191,6 +191,86 @@ class FailureSpec(_Section):
     max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint; -1 = forever")
 
 
+# ---------------------------------------------------------------------------- compress
+
+class _Method(_Section):
+    finetune_epochs: int = Field(0, ge=0, description="DDP fine-tuning epochs after this method")
+    finetune_lr: float | None = Field(None, gt=0, description="default: train.optimizer.lr / 10")
+
+
+class DistillMethod(_Method):
+    method: Literal["distill"]
+    student: ModelSpec = Field(description="the smaller model trained from the teacher")
+    temperature: float = Field(4.0, gt=0, description="softens both distributions (Hinton's T)")
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term; 1 - alpha: labels")
+    epochs: int = Field(10, gt=0, description="student training epochs (on the DDP loop)")
+
+
+class PruneMethod(_Method):
+    method: Literal["prune"]
+    amount: float = Field(gt=0, lt=1, description="share of weights (unstructured) or channels (structured)")
+    structured: bool = Field(False, description="remove whole channels/neurons (shrinks layers) instead of zeroing")
+    norm: Literal[1, 2] = Field(1, description="structured: rank channels by their L1 or L2 norm")
+    steps: int = Field(1, ge=1, description="gradual: reach `amount` in this many steps, each fine-tuned")
+
+
+class LowRankMethod(_Method):
+    method: Literal["lowrank"]
+    ratio: float | None = Field(None, gt=0, le=1, description="keep this share of each layer's full rank")
+    energy: float | None = Field(None, gt=0, le=1, description="or: the rank keeping this share of the "
+                                                                 "squared singular values")
+    convs: bool = Field(True, description="factorize convolutions too (Linear layers always)")
+
+    @model_validator(mode="after")
+    def _one_rule(self):
+        if (self.ratio is None) == (self.energy is None):
+            raise ValueError("ratio: give exactly one of ratio or energy")
+        return self
+
+
+class QuantizeMethod(_Section):
+    method: Literal["quantize"]
+    mode: Literal["dynamic", "static"] = Field("dynamic", description="int8: dynamic (Linear layers, eager) or "
+                                                                        "static (calibrated, compiled)")
+    calibration_batches: int = Field(8, gt=0, description="static: training batches that set activation ranges")
+
+
+Method = Annotated[DistillMethod | PruneMethod | LowRankMethod | QuantizeMethod, Field(discriminator="method")]
+CANDIDATE_METRICS = ("bytes", "params", "nonzeros")
+
+
+class MeasureSpec(_Section):
+    batch_sizes: list[int] = Field([1, 256], min_length=1, description="CPU latency at each batch size")
+    threads: int = Field(1, gt=0, description="torch threads while timing")
+    rounds: int = Field(3, gt=0, description="interleaved timing rounds; each model keeps its best")
+
+
+class SelectSpec(_Section):
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="vs the teacher's validation accuracy")
+    minimize: str = Field("latency_ms_bs1", description="latency_ms_bs<N> (a measured batch size), bytes, "
+                                                        "params or nonzeros")
+
+
+class CompressSpec(_Section):
+    teacher: str | None = Field(None, description="a finished train run folder; none: train this job's own "
+                                                  "data/model/train sections first (<name>-teacher)")
+    methods: list[Method] = Field(min_length=1, description="applied in order; each result is a candidate")
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    select: SelectSpec = Field(default_factory=SelectSpec)
+    export: Literal["onnx"] | None = Field("onnx", description="export the selected candidate")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for i, m in enumerate(self.methods):
+            if m.method == "quantize" and i != len(self.methods) - 1:
+                raise ValueError(f"methods: quantize must come last (int8 models are not fine-tuned); it is "
+                                 f"method {i + 1} of {len(self.methods)}")
+        allowed = [f"latency_ms_bs{b}" for b in self.measure.batch_sizes] + list(CANDIDATE_METRICS)
+        if self.select.minimize not in allowed:
+            raise ValueError(f"select: minimize must be one of {' | '.join(allowed)} (got {self.select.minimize!r})")
+        return self
+
+
 # Metrics a trial reports every epoch that a search may optimize, with their natural direction.
 # Test metrics are reported too but never selected on: choosing by test accuracy leaks the test set.
 OBJECTIVES = {"val_accuracy": "max", "val_f1": "max", "val_loss": "min", "train_loss": "min",
@@ -266,7 +346,7 @@ class SearchSpec(_Section):
 
 class JobSpec(_Section):
     name: str = Field(description="run folder name under `storage`; rerunning the same name resumes it")
-    kind: Literal["train"] = "train"
+    kind: Literal["train", "compress"] = "train"
     seed: int = 0
     storage: str = Field("runs", description="folder (or URI) holding run folders")
     data: DataSpec
@@ -275,7 +355,16 @@ class JobSpec(_Section):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
+    compress: CompressSpec | None = Field(None, description="kind compress: the teacher and the methods")
     search: SearchSpec | None = Field(None, description="run a Ray Tune sweep of this job instead of one run")
+
+    @model_validator(mode="after")
+    def _kind_sections(self):
+        if self.kind == "compress" and self.compress is None:
+            raise ValueError("compress: required for kind compress")
+        if self.kind != "compress" and self.compress is not None:
+            raise ValueError(f"compress: only for kind compress (kind is {self.kind})")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -305,22 +394,41 @@ def load_job(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     return validate(raw, str(path))
 
 
+def set_path(raw: dict, dotted: str, value) -> None:
+    """Set `value` at a dotted path in place; sections are created as needed, and a number
+    indexes a list (`compress.methods.1.amount`). Raises KeyError naming the bad prefix."""
+    node, parts = raw, dotted.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise KeyError(f"{'.'.join(parts[:i])}: has {len(node)} entries; {part!r} is not one of them")
+            if last:
+                node[int(part)] = value
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise KeyError(f"{'.'.join(parts[:i])}: is not a section")
+
+
 def apply_overrides(raw: dict, overrides, source) -> dict:
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SpecError(f"--set {item}: expected KEY.PATH=VALUE")
-        node, parts = raw, key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise SpecError(f"{source}: {'.'.join(parts[:i + 1])}: is not a section (--set {item})")
-            node = child
         try:
-            node[parts[-1]] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise SpecError(f"--set {item}: value is not valid YAML") from None
+        try:
+            set_path(raw, key, parsed)
+        except KeyError as e:
+            raise SpecError(f"{source}: {e.args[0]} (--set {item})") from None
     return raw
 
 
@@ -334,6 +442,7 @@ def validate_section(model: type[BaseModel], raw: dict, source: str, prefix: str
 
 
 def validate(raw: dict, source: str) -> JobSpec:
+    raw = _with_teacher_sections(raw, source)
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as e:
@@ -345,6 +454,23 @@ def validate(raw: dict, source: str) -> JobSpec:
 
         check_space(spec.search, without_search(raw), source)
     return spec
+
+
+def _with_teacher_sections(raw: dict, source: str) -> dict:
+    """A compress job with a teacher run folder takes the teacher's model, and its data unless
+    the job names other data (the run folder's spec.yaml holds both)."""
+    teacher = (raw.get("compress") or {}).get("teacher") if isinstance(raw.get("compress"), dict) else None
+    if raw.get("kind") != "compress" or not isinstance(teacher, str):
+        return raw
+    spec_file = Path(teacher).expanduser() / "spec.yaml"
+    try:
+        teacher_raw = yaml.safe_load(spec_file.read_text())
+    except (OSError, yaml.YAMLError):
+        raise SpecError(f"{source}: compress.teacher: {teacher} is not a train run folder (no readable "
+                        f"spec.yaml)") from None
+    if "model" in raw and raw["model"] != teacher_raw.get("model"):
+        raise SpecError(f"{source}: model: a compress job takes its teacher's model; remove this section")
+    return {**raw, "model": teacher_raw.get("model"), "data": raw.get("data", teacher_raw.get("data"))}
 
 
 def without_search(raw: dict) -> dict:
@@ -366,12 +492,15 @@ _MESSAGES = {
     "literal_error": lambda c: f"must be {c['expected']}",
     "model_type": lambda c: "must be a mapping of keys",
     "dict_type": lambda c: "must be a mapping of keys",
+    "union_tag_invalid": lambda c: f"{c['discriminator'].strip(chr(39))} must be one of {c['expected_tags']}",
 }
+METHOD_TAGS = ("distill", "prune", "lowrank", "quantize")     # union tags pydantic puts in error paths
 
 
 def _describe(err: dict) -> str:
     # Drop pydantic's union-branch tags (e.g. "bool", "literal['auto']") from the key path.
-    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("bool", "float", "int"))))
+    loc = ".".join(str(p) for p in err["loc"]
+                   if not (isinstance(p, str) and ("[" in p or p in ("bool", "float", "int", *METHOD_TAGS))))
     make = _MESSAGES.get(err["type"])
     msg = make(err.get("ctx", {})) if make else err["msg"].removeprefix("Value error, ")
     msg = msg.replace("Input should be", "must be")

@@ -39,6 +39,15 @@ def serialized_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
+def gzip_bytes(model: nn.Module) -> int:
+    """The same file gzipped: what zeros from unstructured pruning save on disk."""
+    import gzip
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return len(gzip.compress(buffer.getvalue(), compresslevel=6))
+
+
 @torch.inference_mode()
 def median_ms(fn: Callable, x: torch.Tensor, calls: int, warmup: int = 5) -> float:
     for _ in range(warmup):

@@ -69,9 +69,10 @@ def plan(spec: JobSpec, source: str) -> Plan:
 
 
 def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, run_dir: str | None,
-                 callbacks=(), init_checkpoint: str | None = None, keep: int | None = None):
+                 callbacks=(), init_checkpoint: str | None = None, keep: int | None = None, extra: dict | None = None):
     """The Ray Train run of `spec`: `run_dir` gets the epoch log (None: no log); a run without
-    checkpoints of its own starts from `init_checkpoint` when given."""
+    checkpoints of its own starts from `init_checkpoint` when given. `extra` goes to the
+    workers' config as is (a model to fine-tune instead of a fresh one, a teacher to distill)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -82,7 +83,7 @@ def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, run
                            "input_shape": list(plan.data.input_shape), "num_classes": plan.data.num_classes,
                            "steps_per_epoch": plan.steps_per_epoch, "pipeline_state": plan.state,
                            "device_augment": plan.data.device_augment, "params": plan.params,
-                           "init_checkpoint": init_checkpoint},
+                           "init_checkpoint": init_checkpoint, **(extra or {})},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         datasets=plan.data.datasets,

@@ -80,3 +80,14 @@ def restore_state(state: dict, model, optimizer, scheduler, scaler, rank: int) -
     if rank < len(state["rng"]):   # same world size: each rank continues its own random stream
         set_rng_state(state["rng"][rank])
     return state["epoch"]
+
+
+def load_model(directory: str | Path) -> "torch.nn.Module":
+    """The trained model in a checkpoint folder, rebuilt from the architecture its state records."""
+    from bigmodel_ray.models import build_model
+
+    state = read_state(directory)
+    meta = state["meta"]
+    model = build_model(meta["model"]["name"], tuple(meta["input_shape"]), meta["num_classes"], **meta["model"]["args"])
+    model.load_state_dict(state["model"])
+    return model.eval()

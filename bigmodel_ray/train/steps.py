@@ -45,8 +45,11 @@ def _gradient_sync(model, enabled: bool):
 
 
 def train_epoch(model, batches, optimizer, scheduler, *, device, precision="fp32", grad_accum=1,
-                grad_clip=None, label_smoothing=0.0, scaler=None) -> dict[str, float]:
-    """Returns the mean training loss and the number of samples this rank saw."""
+                grad_clip=None, label_smoothing=0.0, scaler=None, loss_fn=None) -> dict[str, float]:
+    """Returns the mean training loss and the number of samples this rank saw.
+
+    `loss_fn(logits, y, x)` replaces cross-entropy (e.g. a distillation loss that asks a teacher
+    about `x`)."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     samples, micro = 0, 0
@@ -56,7 +59,10 @@ def train_epoch(model, batches, optimizer, scheduler, *, device, precision="fp32
         with _gradient_sync(model, step_now):
             with autocast(device, precision):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            if loss_fn is None:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            else:
+                loss = loss_fn(logits.float(), y, x)
             scaled = loss / grad_accum if grad_accum > 1 else loss
             (scaler.scale(scaled) if scaler else scaled).backward()
         loss_sum += loss.detach() * len(y)

@@ -89,7 +89,11 @@ def train_worker(config: dict) -> dict:
     input_shape, num_classes = tuple(config["input_shape"]), config["num_classes"]
 
     torch.manual_seed(spec.seed)                      # identical initial weights on every rank
-    model = wrap_model(build_model(spec.model.name, input_shape, num_classes, **spec.model.args), t.strategy, device)
+    # A model handed over (a compressed one being fine-tuned) instead of the spec's fresh one.
+    base = config.get("initial_model")
+    if base is None:
+        base = build_model(spec.model.name, input_shape, num_classes, **spec.model.args)
+    model = wrap_model(base, t.strategy, device)
     optimizer = build_optimizer(model.parameters(), t)
     scheduler = build_scheduler(optimizer, t, config["steps_per_epoch"])
     scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
@@ -124,6 +128,18 @@ def train_worker(config: dict) -> dict:
     # one batch fewer never wait on each other. FSDP2 evens out forwards inside `evaluate`.
     eval_model = model.module if isinstance(model, DistributedDataParallel) else model
 
+    loss_fn = None
+    if config.get("teacher") is not None:      # knowledge distillation from a frozen teacher
+        from bigmodel_ray.compress.distill import kd_loss
+
+        teacher = config["teacher"].to(device).eval()
+        kd = config["distill"]
+
+        def loss_fn(logits, y, x):
+            with torch.no_grad():
+                teacher_logits = teacher(x).float()
+            return kd_loss(logits, teacher_logits, y, kd["temperature"], kd["alpha"])
+
     def run_eval(name):
         return evaluate(eval_model, eval_sets[name], num_classes=num_classes, device=device,
                         precision=t.precision, input_shape=input_shape)
@@ -136,7 +152,7 @@ def train_worker(config: dict) -> dict:
         start = time.perf_counter()
         train = train_epoch(model, train_batches.epoch(epoch), optimizer, scheduler, device=device,
                             precision=t.precision, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
-                            label_smoothing=t.label_smoothing, scaler=scaler)
+                            label_smoothing=t.label_smoothing, scaler=scaler, loss_fn=loss_fn)
         train_s = time.perf_counter() - start
         val = run_eval("val")
         row = {

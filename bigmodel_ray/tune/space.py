@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from bigmodel_ray.spec import SpecError, validate
+from bigmodel_ray.spec import SpecError, set_path, validate
 
 _CALL = re.compile(r"^\s*(loguniform|uniform|randint|choice|grid)\s*\((.*)\)\s*$", re.S)
 
@@ -161,12 +161,10 @@ def apply(raw_job: dict, config: dict[str, Any]) -> dict:
 
     job = copy.deepcopy(raw_job)
     for path, value in config.items():
-        node, parts = job, path.split(".")
-        for i, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SpecError(f"{'.'.join(parts[:i + 1])}: is not a section (searching {path})")
-        node[parts[-1]] = value
+        try:
+            set_path(job, path, copy.deepcopy(value))
+        except KeyError as e:
+            raise SpecError(f"{e.args[0]} (searching {path})") from None
     return job
 
 
