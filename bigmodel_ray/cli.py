@@ -16,6 +16,7 @@ SWEEP = "bigmodel_ray.recipes.tune"       # any kind, when the job has a `search
 
 
 def _parser() -> argparse.ArgumentParser:
+    from bigmodel_ray.compress.cli import add_parser as add_export_parser
     from bigmodel_ray.data.cli import add_parser as add_data_parser
 
     p = argparse.ArgumentParser(prog="bigmodel-ray", description=__doc__.splitlines()[0])
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("file", help="cluster launcher YAML, e.g. cluster/aws.yaml")
     c.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     add_data_parser(sub)
+    add_export_parser(sub)
     return p
 
 
@@ -135,6 +137,10 @@ def main(argv=None) -> int:
     try:
         if args.command == "data":
             _data_command(args)
+        elif args.command == "export":
+            from bigmodel_ray.compress import cli as export_cli
+
+            return export_cli.run(args)
         elif args.command == "cluster":
             from bigmodel_ray import cluster
 

@@ -8,6 +8,8 @@ onnxruntime's latency at batch 1 and at the inputs' batch size.
 
 import contextlib
 import io
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +21,39 @@ class ExportError(Exception):
     """The model cannot be exported to ONNX (e.g. int8 kernels the exporter does not translate)."""
 
 
+def inference_mode_of(model: nn.Module) -> nn.Module:
+    """model.eval(), except for a module loaded from a torch.export program: it was exported in
+    eval mode and refuses the call."""
+    try:
+        return model.eval()
+    except NotImplementedError:
+        return model
+
+
 def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
-        # The exporter prints its progress; keep the console to our own lines.
-        with contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(model.eval(), (example,), str(path), input_names=["x"], output_names=["logits"],
+        # The exporter prints its progress and warns about torchvision ops; keep the console ours.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _torch_logs_quiet():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(inference_mode_of(model), (example,), str(path), input_names=["x"], output_names=["logits"],
                               dynamic_shapes=({0: batch},), external_data=False)
     except Exception as e:      # the exporters raise many types; the first line says what failed
         raise ExportError(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}") from None
     return path
+
+
+@contextlib.contextmanager
+def _torch_logs_quiet():
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def session(path: str | Path, threads: int = 1):
@@ -47,7 +70,7 @@ def parity(model: nn.Module, path: str | Path, x: torch.Tensor, threads: int = 1
     from bigmodel_ray.compress.measure import latencies
 
     sess = session(path, threads)
-    expected = model.eval()(x).float().numpy()
+    expected = inference_mode_of(model)(x).float().numpy()
     got = sess.run(None, {"x": x.numpy()})[0]
 
     def run_ort(batch):

@@ -11,7 +11,11 @@ On a CPU without VNNI (AVX2 only) the x86 quantizer needs `reduce_range` (7-bit 
 the compiled int8 kernels saturate; this is detected from the CPU flags.
 """
 
+import contextlib
 import copy
+import io
+import logging
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -26,8 +30,24 @@ def has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
 
 
+@contextlib.contextmanager
+def quiet():
+    """torchao prints that its CUDA kernels do not load (harmless on CPU) and warns about enums."""
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    pytree.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pytree.setLevel(level)
+
+
 def dynamic(model: nn.Module) -> nn.Module:
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    with quiet():
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
     model = copy.deepcopy(model).eval()
     quantize_(model, Int8DynamicActivationInt8WeightConfig())
@@ -36,8 +56,9 @@ def dynamic(model: nn.Module) -> nn.Module:
 
 def static(model: nn.Module, calibration: Iterable[torch.Tensor], example: torch.Tensor) -> nn.Module:
     """Calibrate activation ranges on `calibration` batches; returns the converted (q/dq) module."""
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    with quiet():
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(copy.deepcopy(model).eval(), (example,), dynamic_shapes=({0: batch},))

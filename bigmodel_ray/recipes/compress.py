@@ -125,7 +125,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         trainer = train_recipe.make_trainer(ft, job, name=f"ft-{uuid.uuid4().hex[:8]}",
                                             storage_path=str(run_dir / "finetune"), run_dir=None, keep=1, extra=extra)
         try:
-            result = trainer.fit()
+            result = train_recipe.fit(trainer)
         except Exception as e:
             raise train_recipe.failure(e, spec, source, run_dir) from e
         model.load_state_dict(read_state(result.checkpoint.path)["model"])

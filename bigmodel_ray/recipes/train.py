@@ -7,6 +7,8 @@ again resumes after the last checkpoint; a finished run resumes into just the te
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +98,23 @@ def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, run
     )
 
 
+def fit(trainer):
+    """trainer.fit(), then the SIGINT handler as it was before.
+
+    In the main thread, Ray Train installs a SIGINT handler whose closure holds the run's
+    controller actor, and leaves it installed: the finished run's controller then lives on and
+    keeps its placement group's CPUs reserved, so the next run in this process (a sweep's trial,
+    a compress fine-tune, a test) waits for CPUs that never come back.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return trainer.fit() if False else trainer.fit()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
 def describe(spec: JobSpec, plan: Plan) -> str:
     t, res, rows = spec.train, spec.resources, plan.data.rows
     return (f"{spec.model.name} ({plan.params:,} params) on {spec.data.source} "
@@ -124,7 +143,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     start = time.perf_counter()
     with EpochPrinter(run_dir / METRICS_FILE, t.epochs, done_before):
         try:
-            result = trainer.fit()
+            result = fit(trainer)
         except ray.train.TrainingFailedError as e:
             raise failure(e, spec, source, run_dir) from e
     wall_s = time.perf_counter() - start

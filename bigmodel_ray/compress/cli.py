@@ -1,0 +1,65 @@
+"""`bigmodel-ray export CKPT --format onnx`: any checkpoint to ONNX, checked against onnxruntime.
+
+CKPT: a train run folder (its last checkpoint), a checkpoint folder (state.pt), a compress run
+folder (its selected candidate), or a candidate's `.pt2` file from a compress run.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from bigmodel_ray.spec import SpecError
+
+
+def add_parser(sub) -> None:
+    c = sub.add_parser("export", help="export a checkpoint to ONNX and check it against onnxruntime")
+    c.add_argument("checkpoint", help="run folder, checkpoint folder, or a compress candidate .pt2")
+    c.add_argument("--format", default="onnx", choices=("onnx",))
+    c.add_argument("--out", help="output file (default: model.onnx next to the checkpoint)")
+    c.add_argument("--threads", type=int, default=1, help="threads for the latency check")
+
+
+def load_any(path: Path) -> tuple[torch.nn.Module, tuple[int, ...], Path]:
+    """(model, input shape, where the ONNX file goes by default)."""
+    from bigmodel_ray.train.state import STATE_FILE, load_model, read_state
+
+    if path.suffix == ".pt2":
+        info = path.with_suffix(".json")
+        if not path.exists() or not info.exists():
+            raise SpecError(f"{path}: not a compress candidate (needs {path.name} and {info.name})")
+        from bigmodel_ray.compress.quantize import quiet
+
+        with quiet():            # a quantized candidate's program imports torchao
+            model = torch.export.load(str(path)).module()
+        return model, tuple(json.loads(info.read_text())["input_shape"]), path.with_suffix(".onnx")
+    if (path / STATE_FILE).exists():
+        return load_model(path), tuple(read_state(path)["meta"]["input_shape"]), path / "model.onnx"
+    result_file = path / "result.json"
+    if result_file.exists():
+        result = json.loads(result_file.read_text())
+        if result.get("selected"):                                    # a compress run
+            model, shape, _ = load_any(path / "candidates" / f"{result['selected']}.pt2")
+            return model, shape, path / f"{result['selected']}.onnx"
+        if result.get("checkpoint"):                                  # a train run
+            model, shape, _ = load_any(Path(result["checkpoint"]))
+            return model, shape, path / "model.onnx"
+    raise SpecError(f"{path}: not a run folder, checkpoint folder or .pt2 candidate")
+
+
+def run(args) -> int:
+    from bigmodel_ray.compress import export, measure
+
+    model, shape, default_out = load_any(Path(args.checkpoint).expanduser())
+    out = Path(args.out) if args.out else default_out
+    x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(0))
+    try:
+        export.to_onnx(model, x[:2], out)
+    except export.ExportError as e:
+        raise SpecError(f"{args.checkpoint}: cannot be exported to ONNX ({e})") from None
+    check = export.parity(model, out, x, args.threads)
+    eager = measure.latencies({"eager": model}, x[:1], threads=args.threads)["eager"]
+    print(f"{out}: {check['onnx_bytes']:,} bytes; onnxruntime vs PyTorch on {len(x)} inputs: max |diff| "
+          f"{check['max_abs_diff']:.2e}, argmax agreement {check['argmax_agreement']:.4f}; latency at batch 1: "
+          f"onnxruntime {check['ort_latency_ms_bs1']:.3f} ms, PyTorch {eager:.3f} ms ({args.threads} thread)")
+    return 0
