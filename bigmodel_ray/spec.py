@@ -349,8 +349,8 @@ class JobSpec(_Section):
     kind: Literal["train", "compress"] = "train"
     seed: int = 0
     storage: str = Field("runs", description="folder (or URI) holding run folders")
-    data: DataSpec
-    model: ModelSpec
+    data: DataSpec | None = Field(None, description="required, except in a compress job with a teacher run folder")
+    model: ModelSpec | None = Field(None, description="required, except in a compress job with a teacher run folder")
     train: TrainSpec = Field(default_factory=TrainSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
@@ -360,6 +360,10 @@ class JobSpec(_Section):
 
     @model_validator(mode="after")
     def _kind_sections(self):
+        from_teacher = self.kind == "compress" and self.compress is not None and self.compress.teacher is not None
+        for key in ("data", "model"):
+            if getattr(self, key) is None and not from_teacher:
+                raise ValueError(f"{key}: required key is missing")
         if self.kind == "compress" and self.compress is None:
             raise ValueError("compress: required for kind compress")
         if self.kind != "compress" and self.compress is not None:
@@ -466,8 +470,7 @@ def _with_teacher_sections(raw: dict, source: str) -> dict:
     try:
         teacher_raw = yaml.safe_load(spec_file.read_text())
     except (OSError, yaml.YAMLError):
-        raise SpecError(f"{source}: compress.teacher: {teacher} is not a train run folder (no readable "
-                        f"spec.yaml)") from None
+        return raw        # not trained yet: the job validates, running it says what is missing
     if "model" in raw and raw["model"] != teacher_raw.get("model"):
         raise SpecError(f"{source}: model: a compress job takes its teacher's model; remove this section")
     return {**raw, "model": teacher_raw.get("model"), "data": raw.get("data", teacher_raw.get("data"))}

@@ -147,3 +147,60 @@ def test_onnx_export_matches_onnxruntime(trained_cnn, digits, tmp_path):
     result = export.parity(model, path, x[:64])
     assert result["max_abs_diff"] < 1e-4 and result["argmax_agreement"] == 1.0
     assert result["ort_latency_ms_bs1"] > 0 and result["onnx_bytes"] > 1000
+
+
+def test_gradual_pruning_steps_reach_the_amount():
+    from bigmodel_ray.compress.chain import step_amounts
+
+    shares = step_amounts(0.6, 3)
+    left = 1.0
+    for k, share in enumerate(shares, 1):
+        left *= 1 - share
+        assert 1 - left == pytest.approx(0.6 * k / 3)
+
+
+@pytest.mark.slow
+def test_compress_pipeline_trains_compresses_selects_and_exports(ray_cluster, tmp_path, capsys):
+    """One YAML: teacher trained first, distill -> structured prune -> low-rank -> int8, every
+    candidate measured, one selected by the rule, exported to ONNX and checked."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from bigmodel_ray.cli import main
+
+    job = tmp_path / "pipe.yaml"
+    job.write_text(yaml.safe_dump({
+        "name": "pipe", "kind": "compress", "storage": str(tmp_path / "runs"), "data": {"source": "digits"},
+        "model": {"name": "cnn2d", "args": {"channels": [32, 64]}},
+        "train": {"epochs": 4, "batch_size": 64, "optimizer": {"lr": 0.003}},
+        "resources": {"workers": 2, "cpus_per_worker": 0.5},
+        "compress": {"methods": [
+            {"method": "distill", "student": {"name": "cnn2d", "args": {"channels": [8, 16]}}, "epochs": 4},
+            {"method": "prune", "structured": True, "amount": 0.25, "finetune_epochs": 1},
+            {"method": "lowrank", "ratio": 0.5},
+            {"method": "quantize", "mode": "dynamic"}],
+            "measure": {"batch_sizes": [1, 64], "rounds": 1},
+            "select": {"max_accuracy_drop": 0.05, "minimize": "bytes"}}}))
+    assert main(["run", str(job)]) == 0
+    run_dir = tmp_path / "runs" / "pipe"
+    table = pd.read_csv(run_dir / "candidates.csv")
+    assert list(table["candidate"]) == ["teacher", "1-distill", "2-prune", "3-lowrank", "4-quantize"]
+    assert (tmp_path / "runs" / "pipe-teacher" / "result.json").exists()
+    params = dict(zip(table["candidate"], table["params"]))
+    assert params["1-distill"] < params["teacher"] / 4 and params["2-prune"] < params["1-distill"]
+    assert table["pareto"].any() and table["selected"].sum() == 1
+    ok = table[table["accuracy_drop"] <= 0.05]
+    assert table.loc[table["selected"], "candidate"].item() == ok.loc[ok["bytes"].idxmin(), "candidate"]
+    result = json.loads((run_dir / "result.json").read_text())
+    if "error" not in result["export"]:
+        assert result["export"]["max_abs_diff"] < 1e-3 and result["export"]["argmax_agreement"] >= 0.99
+    assert (run_dir / "pareto.png").stat().st_size > 0
+    capsys.readouterr()
+    # Any saved candidate exports on its own; an int8 one says clearly why not.
+    assert main(["export", str(run_dir / "candidates" / "2-prune.pt2")]) == 0
+    assert "argmax agreement 1.0000" in capsys.readouterr().out
+    if (run_dir / "candidates" / "4-quantize.pt2").exists():
+        assert main(["export", str(run_dir / "candidates" / "4-quantize.pt2")]) == 2
+        assert "cannot be exported to ONNX" in capsys.readouterr().err

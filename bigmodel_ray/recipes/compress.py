@@ -22,7 +22,7 @@ from bigmodel_ray.compress import export as onnx_export
 from bigmodel_ray.compress import measure, quantize
 from bigmodel_ray.compress.chain import Candidate, apply_methods
 from bigmodel_ray.recipes import train as train_recipe
-from bigmodel_ray.spec import JobSpec, SpecError, dump
+from bigmodel_ray.spec import JobSpec, SpecError, dump, validate
 from bigmodel_ray.train.inputs import ModelInputs
 from bigmodel_ray.train.shards import EvalBatches
 from bigmodel_ray.train.state import load_model, read_state
@@ -103,6 +103,8 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     c = spec.compress
     run_dir = train_recipe.run_dir_of(spec, source)
     teacher, teacher_checkpoint = resolve_teacher(spec, source, say)
+    if spec.model is None or spec.data is None:       # the teacher run folder was made after validation
+        spec = validate(spec.model_dump(mode="json"), source)
     job = train_recipe.plan(spec, source)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.yaml").write_text(dump(spec))
