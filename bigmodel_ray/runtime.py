@@ -48,9 +48,14 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     if ray.is_initialized():
         return
     cpus = None if address is not None else math.ceil(max(os.cpu_count() or 1, num_cpus or 0))
+    port = 8265 if dashboard else free_port()
     embedded = {} if address is not None else {
-        "num_cpus": cpus, "include_dashboard": True, "dashboard_port": 8265 if dashboard else free_port(),
-        "object_store_memory": object_store_mb * 2**20 if object_store_mb else None}
+        "num_cpus": cpus, "include_dashboard": True, "dashboard_port": port,
+        "object_store_memory": object_store_mb * 2**20 if object_store_mb else None,
+        # Ray Train's placement-group cleaner finds the state API by auto-detection, which fails
+        # ("multiple active Ray instances") when another Ray runs on this machine: it then never
+        # frees a stopped run's CPUs. Point every worker of this job at our own dashboard.
+        "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
     ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
              **embedded)
     data_ctx = ray.data.DataContext.get_current()
