@@ -274,7 +274,16 @@ class CompressSpec(_Section):
 # Metrics a trial reports every epoch that a search may optimize, with their natural direction.
 # Test metrics are reported too but never selected on: choosing by test accuracy leaks the test set.
 OBJECTIVES = {"val_accuracy": "max", "val_f1": "max", "val_loss": "min", "train_loss": "min",
-              "params": "min", "epoch_s": "min", "samples_per_s": "max"}
+              "params": "min", "epoch_s": "min", "samples_per_s": "max",
+              # what a compress trial reports (once, for its final candidate)
+              "bytes": "min", "nonzeros": "min", "latency_ms_bs1": "min"}
+COMPRESS_OBJECTIVES = {"val_accuracy", "val_f1", "params", "bytes", "nonzeros"}   # + latency_ms_bs<N>
+
+
+def objective_mode(name: str) -> str | None:
+    if re.fullmatch(r"latency_ms_bs\d+", name):
+        return "min"
+    return OBJECTIVES.get(name)
 
 
 class SchedulerSpec(_Section):
@@ -312,14 +321,14 @@ class SearchSpec(_Section):
         if not names or len(set(names)) != len(names):
             raise ValueError("must be one metric or a list of distinct metrics")
         for name in names:
-            if name not in OBJECTIVES:
-                raise ValueError(f"unknown metric {name!r}: one of {' | '.join(OBJECTIVES)}")
+            if objective_mode(name) is None:
+                raise ValueError(f"unknown metric {name!r}: one of {' | '.join(OBJECTIVES)}, latency_ms_bs<N>")
         return v
 
     @model_validator(mode="after")
     def _consistent(self):
         if self.mode is None:
-            self.mode = [OBJECTIVES[m] for m in self.metrics] if self.multi_objective else OBJECTIVES[self.metric]
+            self.mode = [objective_mode(m) for m in self.metrics] if self.multi_objective else objective_mode(self.metric)
         if isinstance(self.mode, list) != self.multi_objective or self.multi_objective and len(self.mode) != len(self.metric):
             raise ValueError("mode: must match metric: one mode per metric")
         if self.multi_objective and self.scheduler.name != "fifo":
@@ -368,7 +377,21 @@ class JobSpec(_Section):
             raise ValueError("compress: required for kind compress")
         if self.kind != "compress" and self.compress is not None:
             raise ValueError(f"compress: only for kind compress (kind is {self.kind})")
+        if self.search is not None:
+            self._check_objectives()
         return self
+
+    def _check_objectives(self):
+        if self.kind == "compress":
+            reported = COMPRESS_OBJECTIVES | {f"latency_ms_bs{b}" for b in self.compress.measure.batch_sizes}
+            if self.search.scheduler.name != "fifo":
+                raise ValueError("search: a compress trial reports once, at its end; scheduler must be fifo")
+        else:
+            reported = set(OBJECTIVES) - {"bytes", "nonzeros", "latency_ms_bs1"}
+        for name in self.search.metrics:
+            if name not in reported:
+                raise ValueError(f"search: metric {name} is not reported by {self.kind} trials "
+                                 f"(they report {', '.join(sorted(reported))})")
 
     @field_validator("name")
     @classmethod

@@ -28,10 +28,9 @@ def load_any(path: Path) -> tuple[torch.nn.Module, tuple[int, ...], Path]:
         info = path.with_suffix(".json")
         if not path.exists() or not info.exists():
             raise SpecError(f"{path}: not a compress candidate (needs {path.name} and {info.name})")
-        from bigmodel_ray.compress.quantize import quiet
+        from bigmodel_ray.compress.export import load_program
 
-        with quiet():            # a quantized candidate's program imports torchao
-            model = torch.export.load(str(path)).module()
+        model = load_program(path)
         return model, tuple(json.loads(info.read_text())["input_shape"]), path.with_suffix(".onnx")
     if (path / STATE_FILE).exists():
         return load_model(path), tuple(read_state(path)["meta"]["input_shape"]), path / "model.onnx"

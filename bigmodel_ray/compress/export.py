@@ -21,6 +21,28 @@ class ExportError(Exception):
     """The model cannot be exported to ONNX (e.g. int8 kernels the exporter does not translate)."""
 
 
+class Loaded(nn.Module):
+    """A module loaded from a `torch.export` program, usable where code calls .eval()/.train():
+    it was exported in eval mode and refuses those calls itself."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)
+
+    def train(self, mode: bool = True):
+        return self
+
+
+def load_program(path: str | Path) -> nn.Module:
+    from bigmodel_ray.compress.quantize import quiet
+
+    with quiet():            # a quantized candidate's program imports torchao
+        return Loaded(torch.export.load(str(path)).module())
+
+
 def inference_mode_of(model: nn.Module) -> nn.Module:
     """model.eval(), except for a module loaded from a torch.export program: it was exported in
     eval mode and refuses the call."""

@@ -78,9 +78,9 @@ class Evaluator:
         self.splits = {name: EvalBatches(data.datasets[name].iterator(), batch_size=512, in_memory=True, rank=0,
                                          world_size=1, device=torch.device("cpu"), inputs=inputs)
                        for name in ("val", "test")}
-        train = EvalBatches(data.datasets["train"].iterator(), batch_size=spec.train.batch_size, in_memory=False,
-                            rank=0, world_size=1, device=torch.device("cpu"), inputs=inputs)
-        self.train = train
+        self.train = EvalBatches(data.datasets["train"].iterator(), batch_size=spec.train.batch_size, in_memory=False,
+                                 rank=0, world_size=1, device=torch.device("cpu"), inputs=inputs)
+        self.example = next(iter(self.splits["test"]))[0][:2]      # what export and pruning trace with
 
     @torch.inference_mode()
     def __call__(self, model) -> dict:
@@ -99,20 +99,17 @@ class Evaluator:
         return out
 
 
-def run(spec: JobSpec, source: str, say=print) -> dict:
-    c = spec.compress
-    run_dir = train_recipe.run_dir_of(spec, source)
+def prepare(spec: JobSpec, source: str, say):
+    """The teacher (trained first if need be), the spec with the teacher's sections, the data."""
     teacher, teacher_checkpoint = resolve_teacher(spec, source, say)
     if spec.model is None or spec.data is None:       # the teacher run folder was made after validation
         spec = validate(spec.model_dump(mode="json"), source)
     job = train_recipe.plan(spec, source)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.yaml").write_text(dump(spec))
-    evaluator = Evaluator(spec, job.data)
-    example = next(iter(evaluator.splits["test"]))[0][:2]
-    say(f"{spec.name}: teacher {teacher_checkpoint} ({sum(p.numel() for p in teacher.parameters()):,} params); "
-        f"methods: {' -> '.join(m.method for m in c.methods)}")
+    return spec, teacher, teacher_checkpoint, job, Evaluator(spec, job.data)
 
+
+def compress(spec: JobSpec, source: str, teacher, job, evaluator, work_dir: Path, say) -> list[Candidate]:
+    """The job's methods applied to the teacher: one candidate per method, in order."""
     def finetune(model, epochs, lr, teacher=None, distill=None):
         if epochs == 0:
             return model
@@ -125,17 +122,29 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         what = "distilling" if distill else "fine-tuning"
         say(f"{spec.name}: {what} for {epochs} epochs on {spec.resources.workers} workers")
         trainer = train_recipe.make_trainer(ft, job, name=f"ft-{uuid.uuid4().hex[:8]}",
-                                            storage_path=str(run_dir / "finetune"), run_dir=None, keep=1, extra=extra)
+                                            storage_path=str(work_dir / "finetune"), run_dir=None, keep=1, extra=extra)
         try:
             result = train_recipe.fit(trainer)
         except Exception as e:
-            raise train_recipe.failure(e, spec, source, run_dir) from e
+            raise train_recipe.failure(e, spec, source, work_dir) from e
         model.load_state_dict(read_state(result.checkpoint.path)["model"])
         return model.eval()
 
-    candidates = [Candidate("teacher", teacher.eval())] + apply_methods(
-        teacher, c.methods, input_shape=job.data.input_shape, num_classes=job.data.num_classes, example=example,
-        finetune=finetune, calibration=evaluator.calibration, seed=spec.seed)
+    return apply_methods(teacher, spec.compress.methods, input_shape=job.data.input_shape,
+                         num_classes=job.data.num_classes, example=evaluator.example, finetune=finetune,
+                         calibration=evaluator.calibration, seed=spec.seed)
+
+
+def run(spec: JobSpec, source: str, say=print) -> dict:
+    run_dir = train_recipe.run_dir_of(spec, source)
+    spec, teacher, teacher_checkpoint, job, evaluator = prepare(spec, source, say)
+    c = spec.compress
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.yaml").write_text(dump(spec))
+    example = evaluator.example
+    say(f"{spec.name}: teacher {teacher_checkpoint} ({sum(p.numel() for p in teacher.parameters()):,} params); "
+        f"methods: {' -> '.join(m.method for m in c.methods)}")
+    candidates = [Candidate("teacher", teacher.eval())] + compress(spec, source, teacher, job, evaluator, run_dir, say)
     table = measure_candidates(candidates, evaluator, c.measure, example, say)
     table["pareto"] = pareto_mask(table[["val_accuracy", _latency(c.measure), "bytes"]].values.tolist(),
                                   ["max", "min", "min"])
@@ -242,3 +251,29 @@ def _plot(table: pd.DataFrame, path: Path, latency: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def finish_sweep(spec: JobSpec, source: str, sweep_dir: Path, records, say) -> dict:
+    """After a compress sweep: the teacher measured beside the trials' candidates (latency again,
+    interleaved, so all numbers compare), the job's rule applied across trials, the chosen
+    candidate exported to ONNX."""
+    spec, teacher, _, job, evaluator = prepare(spec, source, say)
+    candidates = [Candidate("teacher", teacher)]
+    for r in records:
+        path = sweep_dir / "candidates" / f"{r.trial_id}.pt2"
+        if r.status == "finished" and path.exists():
+            candidates.append(Candidate(r.trial_id, onnx_export.load_program(path)))
+    table = measure_candidates(candidates, evaluator, spec.compress.measure, evaluator.example, say)
+    latency = _latency(spec.compress.measure)
+    table["pareto"] = pareto_mask(table[["val_accuracy", latency, "bytes"]].values.tolist(), ["max", "min", "min"])
+    selected = select(table, spec.compress.select)
+    table["selected"] = table["candidate"] == selected
+    table.to_csv(sweep_dir / TABLE_FILE, index=False)
+    _plot(table, sweep_dir / "pareto.png", latency)
+    out = {"selected": selected, "candidates": table.drop(columns=["settings"]).to_dict(orient="records")}
+    if spec.compress.export == "onnx" and selected not in (None, "teacher"):
+        model = next(c.model for c in candidates if c.name == selected)
+        out["export"] = export_checked(model, sweep_dir / "selected.onnx", evaluator, spec.compress.measure.threads, say)
+    say(f"{spec.name}: selected {selected} by {spec.compress.select.minimize} within "
+        f"{spec.compress.select.max_accuracy_drop:g} of the teacher's val accuracy")
+    return out

@@ -40,9 +40,15 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
 
     search = spec.search
     sweep_dir = run_dir_of(spec, source)
+    _check_same_sweep(sweep_dir, spec, source)
+    as_written = spec                 # spec.yaml keeps the job as given (it is what a rerun compares)
+    if spec.kind == "compress":       # one teacher for every trial, trained (or found) first
+        from bigmodel_ray.recipes import compress as compress_recipe
+
+        spec, _, teacher, _, _ = compress_recipe.prepare(spec, source, say)
+        spec.compress.teacher = str(teacher.parent)
     raw_job = without_search(spec.model_dump(mode="json"))
     space = check_space(search, raw_job, source)
-    _check_same_sweep(sweep_dir, spec, source)
     concurrency = _concurrency(spec, source, say)
     say(f"{spec.name}: sweep of {describe(spec, plan(spec, source))}")   # opens the data: fails early
     trials = trial_count(space, search)
@@ -51,7 +57,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         f"{search.trial_cpus:g} for its driver; optimizing {_objectives(search)}")
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / SPEC_FILE).write_text(dump(spec))
+    (sweep_dir / SPEC_FILE).write_text(dump(as_written))
     # Tune snapshots the sweep's state this often: what a killed driver can lose on restore.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")    # Tune's own tables off: SweepProgress reports
@@ -59,7 +65,8 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         tune.with_parameters(run_trial, raw_job=raw_job, source=source, sweep_dir=str(sweep_dir)),
         {"cpu": search.trial_cpus})
     if tune.Tuner.can_restore(str(sweep_dir)):
-        done = sum(r.status in ("finished", "stopped") for r in results.collect(sweep_dir, spec.train.epochs))
+        done = sum(r.status in ("finished", "stopped")
+                   for r in results.collect(sweep_dir, 1 if spec.kind == "compress" else spec.train.epochs))
         say(f"{spec.name}: resuming the sweep in {sweep_dir} ({done} trials already ended)")
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -67,12 +74,18 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
                            tune_config=_tune_config(spec, space, concurrency),
                            run_config=tune.RunConfig(
                                name=spec.name, storage_path=str(sweep_dir.parent), verbose=0,
-                               callbacks=[SweepProgress(search.metrics[0], search.modes[0], spec.train.epochs)],
+                               callbacks=[SweepProgress(search.metrics[0], search.modes[0],
+                                                        1 if spec.kind == "compress" else spec.train.epochs)],
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     tuner.fit()
 
-    records = results.collect(sweep_dir, spec.train.epochs)
+    epochs = 1 if spec.kind == "compress" else spec.train.epochs       # a compress trial reports once
+    records = results.collect(sweep_dir, epochs)
     summary = {"name": spec.name, **results.write(sweep_dir, records, raw_job, search)}
+    if spec.kind == "compress" and not any(r.status == "unfinished" for r in records):
+        from bigmodel_ray.recipes import compress as compress_recipe
+
+        summary.update(compress_recipe.finish_sweep(spec, source, sweep_dir, records, say))
     (sweep_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     results.print_table(results.table(records, search.metrics), search, say)
     unfinished = [r for r in records if r.status == "unfinished"]

@@ -15,6 +15,8 @@ import threading
 import uuid
 from pathlib import Path
 
+import torch
+
 from ray.train.v2.api.callback import UserCallback
 
 from bigmodel_ray.spec import validate
@@ -77,6 +79,8 @@ def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str) -> None:
     config = trial_values(config)
     spec = validate(apply(raw_job, config), source)
     trial_id = tune.get_context().get_trial_id()
+    if spec.kind == "compress":
+        return run_compress_trial(spec, source, sweep_dir, trial_id, config)
     start = starting_checkpoint(tune.get_checkpoint(), trial_id, sweep_dir)
     if start is not None:
         report = json.loads((Path(start) / REPORT_FILE).read_text())
@@ -118,3 +122,34 @@ def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str) -> None:
     if "error" in outcome:
         raise failure(outcome["error"], spec, source, sweep_dir)
     shutil.rmtree(train_runs / run_name, ignore_errors=True)    # Tune holds copies of the checkpoints
+
+
+def run_compress_trial(spec, source: str, sweep_dir: str, trial_id: str, config: dict) -> None:
+    """Compress the teacher with this trial's values; report the final candidate's measurements
+    once and keep it as `candidates/<trial id>.pt2` in the sweep folder."""
+    from ray import tune
+
+    from bigmodel_ray.compress import measure, quantize
+    from bigmodel_ray.recipes import compress as recipe
+
+    say = lambda _: None      # noqa: E731 — the sweep's progress view reports
+    spec, teacher, _, job, evaluator = recipe.prepare(spec, source, say)
+    work = Path(sweep_dir) / TRAIN_RUNS / f"{trial_id}-{uuid.uuid4().hex[:6]}"
+    final = recipe.compress(spec, source, teacher, job, evaluator, work, say)[-1]
+    m = spec.compress.measure
+    params, nonzeros = measure.parameter_counts(final.model)
+    metrics = {"epoch": 1, **evaluator(final.model), "params": params, "nonzeros": nonzeros,
+               "bytes": measure.serialized_bytes(final.model)}
+    runner = quantize.compiled(final.model) if final.compiled else final.model
+    x = torch.cat([x for x, _ in evaluator.splits["test"]])
+    for batch in m.batch_sizes:
+        inputs = x.repeat(batch // len(x) + 1, *[1] * (x.dim() - 1))[:batch]
+        metrics[f"latency_ms_bs{batch}"] = measure.latencies({"m": runner}, inputs, m.threads, m.rounds)["m"]
+    recipe.save_candidates([recipe.Candidate(trial_id, final.model)], Path(sweep_dir), job.data.input_shape,
+                           job.data.num_classes, evaluator.example, say)
+    shutil.rmtree(work, ignore_errors=True)
+    history = history_file(sweep_dir, trial_id)
+    history.parent.mkdir(parents=True, exist_ok=True)
+    with history.open("a") as f:
+        f.write(json.dumps({**metrics, "config": config}) + "\n")
+    tune.report(metrics)
