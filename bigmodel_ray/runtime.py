@@ -7,6 +7,10 @@ import socket
 import sys
 
 
+STATE_API = None    # the embedded Ray's dashboard URL: pass it to ray.util.state calls made here
+# (not set in os.environ: the Jobs SDK would then send every submission to this instance)
+
+
 class RunFailed(Exception):
     """A run raised on its workers or controller; the message says where to look."""
 
@@ -58,8 +62,9 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
         "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
     ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
              **embedded)
-    if address is None:     # this process's own state-API calls (e.g. listing actors) too
-        os.environ["RAY_API_SERVER_ADDRESS"] = embedded["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"]
+    if address is None:
+        global STATE_API
+        STATE_API = embedded["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"]
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.print_on_execution_start = verbose
     data_ctx.enable_progress_bars = verbose and sys.stderr.isatty()

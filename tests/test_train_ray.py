@@ -80,10 +80,13 @@ def test_killed_worker_is_replaced_and_training_continues(tiny_job, tmp_path):
 
     def kill_a_worker_after_epoch_2():
         from ray.util.state import list_actors
+
+        from bigmodel_ray import runtime
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
             if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-                workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                workers = list_actors(address=runtime.STATE_API,
+                                      filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
                 if workers:
                     os.kill(workers[-1]["pid"], signal.SIGKILL)
                     killed.append(workers[-1]["pid"])
