@@ -214,3 +214,50 @@ def test_killed_driver_resumes_the_sweep(tiny_job, tmp_path):
         assert after[name][:len(epochs)] == epochs, (name, epochs, after[name])
         rest = after[name][len(epochs):]
         assert rest == list(range(rest[0], 6)) and epochs[-1] <= rest[0] <= epochs[-1] + 1, (name, epochs, rest)
+
+
+COMPRESS_JOB = {"kind": "compress", "data": {"source": "digits"}, "model": {"name": "cnn2d", "args": {"channels": [16, 32]}},
+                "train": {"epochs": 3, "batch_size": 64, "optimizer": {"lr": 0.003}},
+                "compress": {"methods": [{"method": "prune", "structured": True, "amount": 0.3, "finetune_epochs": 1}],
+                             "measure": {"batch_sizes": [1, 64], "rounds": 1},
+                             "select": {"max_accuracy_drop": 0.05, "minimize": "bytes"}}}
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"space": {"compress.methods.0.amount": "uniform(0.1, 0.5)"}, "metric": "train_loss"},
+     "search: metric train_loss is not reported by compress trials"),
+    ({"space": {"compress.methods.0.amount": "uniform(0.1, 0.5)"}, "scheduler": "asha"},
+     "search: a compress trial reports once"),
+    ({"space": {"compress.methods.3.amount": "uniform(0.1, 0.5)"}}, "compress.methods: has 1 entries"),
+    ({"space": {"compress.methods.0.amount": "uniform(0.1, 1.5)"}}, "compress.methods.0.amount: must be < 1"),
+])
+def test_bad_compress_searches_exit_2(tmp_path, capsys, search, message):
+    job = tmp_path / "c.yaml"
+    job.write_text(yaml.safe_dump({**COMPRESS_JOB, "name": "c", "search": search}))
+    assert main(["validate", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_compress_sweep_selects_across_trials_and_exports(ray_cluster, tmp_path):
+    from bigmodel_ray.recipes import tune as recipe
+    from bigmodel_ray.spec import validate
+
+    raw = {**COMPRESS_JOB, "name": "csweep", "storage": str(tmp_path / "runs"),
+           "resources": {"workers": 1, "cpus_per_worker": 0.5},
+           "search": {"space": {"compress.methods.0.amount": "grid([0.2, 0.6])"}, "search_alg": "grid",
+                      "metric": ["val_accuracy", "bytes"]}}
+    summary = recipe.run(validate(raw, "csweep.yaml"), "csweep.yaml", say=lambda *_: None)
+    sweep_dir = tmp_path / "runs" / "csweep"
+    trials = pd.read_csv(sweep_dir / "trials.csv")
+    assert sorted(trials["compress.methods.0.amount"]) == [0.2, 0.6] and (trials["status"] == "finished").all()
+    assert trials.set_index("compress.methods.0.amount").loc[0.6, "bytes"] < trials.set_index(
+        "compress.methods.0.amount").loc[0.2, "bytes"]
+    table = pd.read_csv(sweep_dir / "candidates.csv")
+    assert table["candidate"].iloc[0] == "teacher" and len(table) == 3
+    ok = table[table["accuracy_drop"] <= 0.05]
+    assert summary["selected"] == ok.loc[ok["bytes"].idxmin(), "candidate"]
+    if summary["selected"] != "teacher":
+        assert summary["export"]["argmax_agreement"] == 1.0
+    assert (sweep_dir / "pareto.csv").exists() and (sweep_dir / "pareto.png").exists()

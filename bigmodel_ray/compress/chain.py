@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from bigmodel_ray.compress import lowrank, prune, quantize
+from bigmodel_ray.compress.export import Loaded
 from bigmodel_ray.models import build_model
 
 
@@ -56,7 +57,8 @@ def apply_methods(teacher: nn.Module, methods, *, input_shape, num_classes: int,
             if method.mode == "dynamic":
                 model = quantize.dynamic(model)
             else:
-                model = quantize.static(model, calibration(method.calibration_batches), example)
+                # pt2e's converted graph refuses .eval()/.train(): it is an exported program
+                model = Loaded(quantize.static(model, calibration(method.calibration_batches), example))
         out.append(Candidate(f"{i}-{method.method}", model.eval(), settings,
                              compiled=method.method == "quantize" and method.mode == "static"))
     return out
