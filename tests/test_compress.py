@@ -204,3 +204,25 @@ def test_compress_pipeline_trains_compresses_selects_and_exports(ray_cluster, tm
     if (run_dir / "candidates" / "4-quantize.pt2").exists():
         assert main(["export", str(run_dir / "candidates" / "4-quantize.pt2")]) == 2
         assert "cannot be exported to ONNX" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("compress.methods=[{method: prune, amount: 1.5}]", "compress.methods.0.amount: must be < 1 (got 1.5)"),
+    ("compress.methods=[{method: lowrank}]", "compress.methods.0.ratio: give exactly one of ratio or energy"),
+    ("compress.methods=[{method: quantize}, {method: lowrank, ratio: 0.5}]", "compress.methods: quantize must come last"),
+    ("compress.methods=[{method: shrink}]", "compress.methods.0: method must be one of"),
+    ("compress.methods=[{method: distill, student: {name: cnn2d, args: {width: 3}}}]",
+     "compress.methods.0.student.args: unknown argument 'width'"),
+    ("compress.select.minimize=latency_ms_bs7", "compress.select: minimize must be one of latency_ms_bs1"),
+])
+def test_bad_method_parameters_exit_2(tmp_path, capsys, override, message):
+    import yaml
+
+    from bigmodel_ray.cli import main
+
+    job = tmp_path / "c.yaml"
+    job.write_text(yaml.safe_dump({"name": "c", "kind": "compress", "data": {"source": "digits"},
+                                   "model": {"name": "cnn2d"}, "compress": {"methods": [{"method": "quantize"}]}}))
+    assert main(["validate", str(job), "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {job}: ") and message in err and len(err.splitlines()) == 1, err

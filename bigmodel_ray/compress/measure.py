@@ -74,3 +74,30 @@ def latencies(models: dict[str, Callable], x: torch.Tensor, threads: int = 1, ro
         return best
     finally:
         torch.set_num_threads(old)
+
+
+@torch.inference_mode()
+def gpu_latency_ms(model: nn.Module, x: torch.Tensor, calls: int = 50, warmup: int = 10) -> float | None:
+    """Median ms per call on the first CUDA device (None without one, or for models that cannot
+    move there, e.g. CPU int8 kernels). Each call is timed with CUDA events around it."""
+    if not torch.cuda.is_available():
+        return None
+    import copy
+
+    try:
+        model = copy.deepcopy(model).to("cuda")
+        x = x.to("cuda")
+        for _ in range(warmup):
+            model(x)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(calls):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+    except (RuntimeError, NotImplementedError):
+        return None

@@ -182,8 +182,10 @@ def measure_candidates(candidates: list[Candidate], evaluator, m, example, say) 
         x = x_full[:batch] if batch <= len(x_full) else x_full.repeat(batch // len(x_full) + 1, *[1] * (x_full.dim() - 1))[:batch]
         runners = {c.name: (quantize.compiled(c.model) if c.compiled else c.model) for c in candidates}
         timed = measure.latencies(runners, x, threads=m.threads, rounds=m.rounds)
-        for row in rows:
+        for row, cand in zip(rows, candidates):
             row[f"latency_ms_bs{batch}"] = timed[row["candidate"]]
+            if torch.cuda.is_available():          # GPU latency where there is a GPU (CPU int8 kernels: none)
+                row[f"gpu_latency_ms_bs{batch}"] = measure.gpu_latency_ms(cand.model, x)
     table = pd.DataFrame(rows)
     teacher = table.iloc[0]
     table["size_ratio"] = teacher["bytes"] / table["bytes"]
