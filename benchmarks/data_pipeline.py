@@ -593,7 +593,7 @@ def main():
               f"{pipe['ray_over_dataloader']:.2f}  (target >= 1.0)")
     if "memory" in res:
         mem = res["memory"]
-        print(f"3. training job peak memory (summed over its process tree, sampled every 0.5 s)")
+        print("3. training job peak memory (summed over its process tree, sampled every 0.5 s)")
         for label in ("small", "large"):
             m = mem[label]
             print(f"   {label:<6}{m['images']:>7,} images: peak PSS {m['peak_pss_mb']:>7,.0f} MB, peak RSS "

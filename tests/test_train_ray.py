@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-import ray
 import torch
 
 from bigmodel_ray.cli import main

@@ -6,15 +6,13 @@ carries the max absolute difference of the logits, the share of equal argmax pre
 onnxruntime's latency at batch 1 and at the inputs' batch size.
 """
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from bigmodel_ray.compress import quiet
 
 
 class ExportError(Exception):
@@ -37,8 +35,6 @@ class Loaded(nn.Module):
 
 
 def load_program(path: str | Path) -> nn.Module:
-    from bigmodel_ray.compress.quantize import quiet
-
     with quiet():            # a quantized candidate's program imports torchao
         return Loaded(torch.export.load(str(path)).module())
 
@@ -57,25 +53,12 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
-        # The exporter prints its progress and warns about torchvision ops; keep the console ours.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _torch_logs_quiet():
-            warnings.simplefilter("ignore")
+        with quiet():
             torch.onnx.export(inference_mode_of(model), (example,), str(path), input_names=["x"], output_names=["logits"],
                               dynamic_shapes=({0: batch},), external_data=False)
     except Exception as e:      # the exporters raise many types; the first line says what failed
         raise ExportError(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}") from None
     return path
-
-
-@contextlib.contextmanager
-def _torch_logs_quiet():
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def session(path: str | Path, threads: int = 1):

@@ -11,15 +11,13 @@ On a CPU without VNNI (AVX2 only) the x86 quantizer needs `reduce_range` (7-bit 
 the compiled int8 kernels saturate; this is detected from the CPU flags.
 """
 
-import contextlib
 import copy
-import io
-import logging
-import warnings
 from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
+
+from bigmodel_ray.compress import quiet
 
 
 def has_vnni() -> bool:
@@ -28,21 +26,6 @@ def has_vnni() -> bool:
     except OSError:
         return False
     return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
-
-
-@contextlib.contextmanager
-def quiet():
-    """torchao prints that its CUDA kernels do not load (harmless on CPU) and warns about enums."""
-    pytree = logging.getLogger("torch.utils._pytree")
-    level = pytree.level
-    pytree.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        pytree.setLevel(level)
 
 
 def dynamic(model: nn.Module) -> nn.Module:

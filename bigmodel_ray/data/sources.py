@@ -15,7 +15,6 @@ train; otherwise rows are split by `split_seed`: image files stratified by class
 a hash of their key (streaming: every split reads the files, keeping its share).
 """
 
-import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path

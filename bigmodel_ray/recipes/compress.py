@@ -10,7 +10,6 @@ size, latency; Pareto flag), `pareto.png`, `candidates/<name>.pt2` (each candida
 `torch.export` program, `bigmodel-ray export` turns any into ONNX), `selected.onnx`, `result.json`.
 """
 
-import copy
 import json
 import uuid
 from pathlib import Path

@@ -129,7 +129,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     import ray.train
 
     run_dir = run_dir_of(spec, source)
-    _check_same_job(run_dir, spec, source)
+    check_same_job(run_dir, spec, source)
     job = plan(spec, source)
     say(f"{spec.name}: {describe(spec, job)}")
     run_dir.mkdir(parents=True, exist_ok=True)       # only now: a rejected job writes nothing
@@ -210,16 +210,16 @@ def _check_data_cpus(data, res, source: str) -> None:
                         f"lower resources.cpus_per_worker or add CPUs")
 
 
-def _check_same_job(run_dir: Path, spec: JobSpec, source: str) -> None:
-    """Resuming is only sound for the same model and data; refuse rather than mix runs."""
+def check_same_job(run_dir: Path, spec: JobSpec, source: str, keys=("model", "data", "seed"), what="run") -> None:
+    """Resuming is only sound for the same job (the `keys` sections); refuse rather than mix runs."""
     old_file = run_dir / SPEC_FILE
     if not old_file.exists():
         return
     old = yaml.safe_load(old_file.read_text()) or {}
     new = spec.model_dump(mode="json")
-    for key in ("model", "data", "seed"):
+    for key in keys:
         if old.get(key) != new[key]:
-            raise SpecError(f"{source}: {key}: differs from the run in {run_dir} that this job would resume; "
+            raise SpecError(f"{source}: {key}: differs from the {what} in {run_dir} that this job would resume; "
                             f"use another name (--set name=...)")
 
 

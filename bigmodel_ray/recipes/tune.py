@@ -12,9 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-import yaml
-
-from bigmodel_ray.recipes.train import describe, plan, run_dir_of
+from bigmodel_ray.recipes.train import check_same_job, describe, plan, run_dir_of
 from bigmodel_ray.runtime import RunFailed
 from bigmodel_ray.spec import JobSpec, SpecError, dump, without_search
 from bigmodel_ray.tune import results
@@ -40,7 +38,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
 
     search = spec.search
     sweep_dir = run_dir_of(spec, source)
-    _check_same_sweep(sweep_dir, spec, source)
+    check_same_job(sweep_dir, spec, source, keys=[k for k in spec.model_fields if k != "name"], what="sweep")
     as_written = spec                 # spec.yaml keeps the job as given (it is what a rerun compares)
     if spec.kind == "compress":       # one teacher for every trial, trained (or found) first
         from bigmodel_ray.recipes import compress as compress_recipe
@@ -170,19 +168,6 @@ def _concurrency(spec: JobSpec, source: str, say) -> int:
         say(f"{spec.name}: search.max_concurrent_trials {wanted} > {fits} trials that the cluster's resources "
             f"hold now; running {fits} at a time")
     return min(wanted, fits)
-
-
-def _check_same_sweep(sweep_dir: Path, spec: JobSpec, source: str) -> None:
-    """Restoring is only sound for the same sweep; refuse rather than mix two in one folder."""
-    old_file = sweep_dir / SPEC_FILE
-    if not old_file.exists():
-        return
-    old = yaml.safe_load(old_file.read_text()) or {}
-    new = spec.model_dump(mode="json")
-    for key in new:
-        if key != "name" and old.get(key) != new[key]:
-            raise SpecError(f"{source}: {key}: differs from the sweep in {sweep_dir} that this job would resume; "
-                            f"use another name (--set name=...)")
 
 
 def _objectives(search) -> str:

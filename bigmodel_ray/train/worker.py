@@ -130,15 +130,9 @@ def train_worker(config: dict) -> dict:
 
     loss_fn = None
     if config.get("teacher") is not None:      # knowledge distillation from a frozen teacher
-        from bigmodel_ray.compress.distill import kd_loss
+        from bigmodel_ray.compress.distill import distillation_loss
 
-        teacher = config["teacher"].to(device).eval()
-        kd = config["distill"]
-
-        def loss_fn(logits, y, x):
-            with torch.no_grad():
-                teacher_logits = teacher(x).float()
-            return kd_loss(logits, teacher_logits, y, kd["temperature"], kd["alpha"])
+        loss_fn = distillation_loss(config["teacher"].to(device), **config["distill"])
 
     def run_eval(name):
         return evaluate(eval_model, eval_sets[name], num_classes=num_classes, device=device,
