@@ -1,0 +1,1 @@
+"""Transfer learning and domain adaptation: fine-tuning strategies, gradient reversal (DANN)."""

@@ -1,0 +1,72 @@
+"""Fine-tuning strategies on any of the project's models: which parameters train, at what rate.
+
+A model is seen as its backbone's stages, input to output (CNNs: stem and residual blocks;
+transformer: patch embedding and encoder blocks; MLP: its hidden Linear layers), plus the
+classifier (the last Linear layer), which `replace_head` swaps when the class count differs.
+"""
+
+import torch.nn as nn
+
+
+def classifier_path(model: nn.Module) -> str:
+    """Dotted name of the classifier: the model's last Linear layer."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
+def stages(model: nn.Module) -> list[nn.Module]:
+    if hasattr(model, "blocks"):
+        first = [getattr(model, name) for name in ("stem", "patchify") if hasattr(model, name)]
+        return first + list(model.blocks)
+    head = model.get_submodule(classifier_path(model))
+    return [m for m in model.modules() if isinstance(m, nn.Linear) and m is not head]
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """A fresh classifier for `num_classes` (in place); everything else keeps its weights."""
+    path = classifier_path(model)
+    old = model.get_submodule(path)
+    if old.out_features == num_classes:
+        return model
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, nn.Linear(old.in_features, num_classes))
+    return model
+
+
+def set_trainable(model: nn.Module, strategy: str, freeze_stages: int = 0) -> None:
+    """linear_probe: only the classifier trains; freeze: the first `freeze_stages` stages are
+    frozen; full / discriminative / gradual: everything trains (gradual: see `unfrozen_stages`)."""
+    head = model.get_submodule(classifier_path(model))
+    for p in model.parameters():
+        p.requires_grad_(strategy != "linear_probe")
+    for p in head.parameters():
+        p.requires_grad_(True)
+    if strategy == "freeze":
+        for stage in stages(model)[:freeze_stages]:
+            for p in stage.parameters():
+                p.requires_grad_(False)
+
+
+def unfrozen_stages(epoch: int, total_stages: int, every: int) -> int:
+    """Gradual unfreezing (ULMFiT): the classifier alone at first, then one more stage from the
+    top every `every` epochs."""
+    return min(total_stages, epoch // every)
+
+
+def apply_gradual(model: nn.Module, epoch: int, every: int) -> None:
+    all_stages = stages(model)
+    n = unfrozen_stages(epoch, len(all_stages), every)
+    set_trainable(model, "linear_probe")
+    for stage in all_stages[len(all_stages) - n:]:
+        for p in stage.parameters():
+            p.requires_grad_(True)
+
+
+def param_groups(model: nn.Module, lr: float, backbone_factor: float = 1.0) -> list[dict]:
+    """Optimizer groups: the classifier at `lr`, the backbone at `lr * backbone_factor`
+    (discriminative learning rates). Frozen parameters are left out."""
+    head = set(model.get_submodule(classifier_path(model)).parameters())
+    backbone = [p for p in model.parameters() if p not in head and p.requires_grad]
+    groups = [{"params": [p for p in head if p.requires_grad], "lr": lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": lr * backbone_factor})
+    return groups
