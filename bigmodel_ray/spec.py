@@ -68,6 +68,16 @@ class NormalizeSpec(_Section):
         return v
 
 
+class ShiftSpec(_Section):
+    """The same data, shifted: a target domain made from a real source (see data/shift.py)."""
+    rotation: float = Field(0.0, ge=-180, le=180, description="degrees, every image alike (2-D only)")
+    scale: float = Field(1.0, gt=0, description="zoom about the centre (images) or stretch (series)")
+    invert: bool = Field(False, description="min + max - x: dark on light becomes light on dark")
+    noise: float = Field(0.0, ge=0, description="Gaussian noise, as a share of the value range")
+    blur: float = Field(0.0, ge=0, description="Gaussian blur sigma, in pixels / steps")
+    seed: int = Field(0, description="seeds the noise")
+
+
 FILE_SOURCES = ("parquet", "image_folder")
 
 
@@ -93,6 +103,7 @@ class DataSpec(_Section):
     augment: AugmentSpec | None = Field(None, description="random augmentation of the train split")
     on_bad_record: Literal["fail", "skip"] = Field("fail", description="an undecodable image: stop naming it, "
                                                                        "or drop it and report the count at the end")
+    shift: ShiftSpec | None = Field(None, description="built-in sets: a shifted copy of the data (a target domain)")
 
     @field_validator("source")
     @classmethod
@@ -111,6 +122,11 @@ class DataSpec(_Section):
             raise ValueError("image_shape: required when image_format is raw ([height, width, channels])")
         if self.source == "mnist1d" and self.augment is not None:
             raise ValueError("augment: needs 2-D images; mnist1d is 1-D")
+        if self.shift is not None and self.source not in BUILTIN:
+            raise ValueError(f"shift: built-in sets only ({' | '.join(BUILTIN)}); prepare a shifted copy of "
+                             f"{self.source} data instead")
+        if self.shift is not None and self.source == "mnist1d" and self.shift.rotation:
+            raise ValueError("shift: rotation needs 2-D images; mnist1d is 1-D")
         return self
 
     @property

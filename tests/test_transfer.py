@@ -54,3 +54,23 @@ def test_gradient_reversal_multiplies_the_gradient_by_minus_lambda():
     assert dann.ganin_lambda(0.0) == 0.0 and dann.ganin_lambda(1.0) == pytest.approx(0.99991, abs=1e-5)
     head = dann.DomainClassifier(6)
     assert head(y, 1.0).shape == (4,)
+
+
+def test_declarative_shifts_on_real_data():
+    import numpy as np
+
+    from bigmodel_ray.data.builtin import load_digits, load_mnist1d
+    from bigmodel_ray.data.shift import apply_shift
+    from bigmodel_ray.spec import ShiftSpec
+
+    x = load_digits(0.1, 0.15, 0)["train"][0][:16]
+    assert np.array_equal(apply_shift(x, ShiftSpec()), x)
+    assert np.allclose(apply_shift(x, ShiftSpec(rotation=90)), np.rot90(x, k=1, axes=(2, 3)), atol=1e-5)
+    inverted = apply_shift(x, ShiftSpec(invert=True))
+    assert np.allclose(apply_shift(inverted, ShiftSpec(invert=True)), x, atol=1e-6)
+    noisy = apply_shift(x, ShiftSpec(noise=0.1, seed=3))
+    assert np.array_equal(noisy, apply_shift(x, ShiftSpec(noise=0.1, seed=3))) and 0.08 < (noisy - x).std() < 0.12
+    assert apply_shift(x, ShiftSpec(blur=1.0)).std() < x.std()
+    series = load_mnist1d(0.1, 0.15, 0)["train"][0][:4]
+    stretched = apply_shift(series, ShiftSpec(scale=1.5))
+    assert stretched.shape == series.shape and not np.allclose(stretched, series)

@@ -73,6 +73,10 @@ def _builtin(spec) -> Source:
     import ray.data
 
     splits = BUILTIN[spec.source](spec.val_fraction, spec.test_fraction, spec.split_seed)
+    if spec.shift is not None:
+        from bigmodel_ray.data.shift import apply_shift
+
+        splits = {name: (apply_shift(x, spec.shift), y) for name, (x, y) in splits.items()}
 
     def rows(x, y, keyed):       # a key only where augmentation needs one: it travels with every batch
         return [{"x": xi, "y": yi, **({"key": np.uint64(i)} if keyed else {})} for i, (xi, yi) in enumerate(zip(x, y))]
