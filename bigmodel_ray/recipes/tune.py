@@ -38,7 +38,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
 
     search = spec.search
     sweep_dir = run_dir_of(spec, source)
-    check_same_job(sweep_dir, spec, source, keys=[k for k in spec.model_fields if k != "name"], what="sweep")
+    check_same_job(sweep_dir, spec, source, keys=[k for k in JobSpec.model_fields if k != "name"], what="sweep")
     as_written = spec                 # spec.yaml keeps the job as given (it is what a rerun compares)
     if spec.kind == "compress":       # one teacher for every trial, trained (or found) first
         from bigmodel_ray.recipes import compress as compress_recipe
