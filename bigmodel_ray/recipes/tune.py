@@ -113,10 +113,13 @@ def _tune_config(spec: JobSpec, space, concurrency: int):
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.train.epochs, grace_period=sched.grace_period,
                                   reduction_factor=sched.reduction_factor)
     elif sched.name == "pbt":
+        # Synchronous: each exploit/explore step compares every trial at the same epoch. The
+        # asynchronous variant compares whatever has been reported when a trial gets there, so
+        # with trials that start ~15 s apart and 1-s epochs, who clones whom depended on timing.
         scheduler = PopulationBasedTraining(
             time_attr="epoch", perturbation_interval=sched.perturbation_interval,
             hyperparam_mutations={path: dist.to_tune() for path, dist in space.items()},
-            quantile_fraction=sched.quantile_fraction, resample_probability=sched.resample_probability)
+            quantile_fraction=sched.quantile_fraction, resample_probability=sched.resample_probability, synch=True)
     if search.search_alg == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
