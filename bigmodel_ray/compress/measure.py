@@ -39,6 +39,11 @@ def serialized_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
+def batch_of(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`size` inputs taken from `x` (repeated when `x` has fewer): a timing batch of any size."""
+    return x.repeat(size // len(x) + 1, *[1] * (x.dim() - 1))[:size]
+
+
 def gzip_bytes(model: nn.Module) -> int:
     """The same file gzipped: what zeros from unstructured pruning save on disk."""
     import gzip

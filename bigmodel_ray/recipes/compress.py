@@ -178,7 +178,7 @@ def measure_candidates(candidates: list[Candidate], evaluator, m, example, say) 
                      "settings": json.dumps(cand.settings, default=str)})
     x_full = torch.cat([x for x, _ in evaluator.splits["test"]])
     for batch in m.batch_sizes:
-        x = x_full[:batch] if batch <= len(x_full) else x_full.repeat(batch // len(x_full) + 1, *[1] * (x_full.dim() - 1))[:batch]
+        x = measure.batch_of(x_full, batch)
         runners = {c.name: (quantize.compiled(c.model) if c.compiled else c.model) for c in candidates}
         timed = measure.latencies(runners, x, threads=m.threads, rounds=m.rounds)
         for row, cand in zip(rows, candidates):

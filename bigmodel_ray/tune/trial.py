@@ -1,4 +1,5 @@
-"""One trial of a sweep: the job with the trial's values, trained by Ray Train, reporting to Tune.
+"""One trial of a sweep: the job with the trial's values, trained by Ray Train, reporting to Tune
+(a compress job's trial compresses the sweep's teacher instead: `run_compress_trial`).
 
 The trial is a Tune function trainable that builds the job's TorchTrainer (Ray 2.60's Tune +
 Train V2 integration). Ray's own `TuneReportCallback` forwards metrics but only the *path* of a
@@ -143,8 +144,8 @@ def run_compress_trial(spec, source: str, sweep_dir: str, trial_id: str, config:
     runner = quantize.compiled(final.model) if final.compiled else final.model
     x = torch.cat([x for x, _ in evaluator.splits["test"]])
     for batch in m.batch_sizes:
-        inputs = x.repeat(batch // len(x) + 1, *[1] * (x.dim() - 1))[:batch]
-        metrics[f"latency_ms_bs{batch}"] = measure.latencies({"m": runner}, inputs, m.threads, m.rounds)["m"]
+        metrics[f"latency_ms_bs{batch}"] = measure.latencies({"m": runner}, measure.batch_of(x, batch),
+                                                               m.threads, m.rounds)["m"]
     recipe.save_candidates([recipe.Candidate(trial_id, final.model)], Path(sweep_dir), job.data.input_shape,
                            job.data.num_classes, evaluator.example, say)
     shutil.rmtree(work, ignore_errors=True)
