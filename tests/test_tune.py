@@ -213,6 +213,9 @@ def test_killed_driver_resumes_the_sweep(tiny_job, tmp_path):
         # being written) and finished trials at most repeat their final report.
         assert after[name][:len(epochs)] == epochs, (name, epochs, after[name])
         rest = after[name][len(epochs):]
+        if not rest:   # it had finished and Tune had recorded it: nothing to repeat
+            assert epochs[-1] == 5, (name, epochs)
+            continue
         assert rest == list(range(rest[0], 6)) and epochs[-1] <= rest[0] <= epochs[-1] + 1, (name, epochs, rest)
 
 
