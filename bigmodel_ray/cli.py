@@ -11,7 +11,7 @@ import sys
 from bigmodel_ray.runtime import RunFailed
 from bigmodel_ray.spec import SpecError
 
-RECIPES = {"train": "bigmodel_ray.recipes.train", "compress": "bigmodel_ray.recipes.compress"}
+RECIPES = {kind: f"bigmodel_ray.recipes.{kind}" for kind in ("train", "compress", "transfer", "multitask")}
 SWEEP = "bigmodel_ray.recipes.tune"       # any kind, when the job has a `search` block
 
 

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bigmodel_ray.data import SOURCES
-from bigmodel_ray.data.builtin import BUILTIN
+from bigmodel_ray.data.builtin import BUILTIN, check_mnist1d_args
 from bigmodel_ray.models import MODELS, model_arg_names
 
 
@@ -69,13 +69,15 @@ class NormalizeSpec(_Section):
 
 
 class ShiftSpec(_Section):
-    """The same data, shifted: a target domain made from a real source (see data/shift.py)."""
+    """The same data, shifted: a target domain made from a real source (see data/shift.py).
+    Every split alike, before the train split's augmentation."""
     rotation: float = Field(0.0, ge=-180, le=180, description="degrees, every image alike (2-D only)")
     scale: float = Field(1.0, gt=0, description="zoom about the centre (images) or stretch (series)")
-    invert: bool = Field(False, description="min + max - x: dark on light becomes light on dark")
+    invert: bool = Field(False, description="min + max - x (255 - x for image files): dark on light "
+                                            "becomes light on dark")
     noise: float = Field(0.0, ge=0, description="Gaussian noise, as a share of the value range")
     blur: float = Field(0.0, ge=0, description="Gaussian blur sigma, in pixels / steps")
-    seed: int = Field(0, description="seeds the noise")
+    seed: int = Field(0, ge=0, description="seeds the noise (with each row's key: the same noise every epoch)")
 
 
 FILE_SOURCES = ("parquet", "image_folder")
@@ -103,7 +105,10 @@ class DataSpec(_Section):
     augment: AugmentSpec | None = Field(None, description="random augmentation of the train split")
     on_bad_record: Literal["fail", "skip"] = Field("fail", description="an undecodable image: stop naming it, "
                                                                        "or drop it and report the count at the end")
-    shift: ShiftSpec | None = Field(None, description="built-in sets: a shifted copy of the data (a target domain)")
+    shift: ShiftSpec | None = Field(None, description="a shifted copy of the data (a target domain), any source")
+    generator: dict[str, Any] | None = Field(
+        None, description="mnist1d: arguments of the mnist1d generator that change the data, e.g. {scale_coeff: 0.6, "
+                          "iid_noise_scale: 0.1, corr_noise_scale: 0.5, shear_scale: 1.2, max_translation: 60, seed: 7}")
 
     @field_validator("source")
     @classmethod
@@ -122,11 +127,15 @@ class DataSpec(_Section):
             raise ValueError("image_shape: required when image_format is raw ([height, width, channels])")
         if self.source == "mnist1d" and self.augment is not None:
             raise ValueError("augment: needs 2-D images; mnist1d is 1-D")
-        if self.shift is not None and self.source not in BUILTIN:
-            raise ValueError(f"shift: built-in sets only ({' | '.join(BUILTIN)}); prepare a shifted copy of "
-                             f"{self.source} data instead")
         if self.shift is not None and self.source == "mnist1d" and self.shift.rotation:
             raise ValueError("shift: rotation needs 2-D images; mnist1d is 1-D")
+        if self.generator is not None:
+            if self.source != "mnist1d":
+                raise ValueError(f"generator: only for source mnist1d (source is {self.source})")
+            try:
+                check_mnist1d_args(self.generator)
+            except ValueError as e:
+                raise ValueError(f"generator: {e}") from None
         return self
 
     @property
@@ -287,6 +296,62 @@ class CompressSpec(_Section):
         return self
 
 
+# ---------------------------------------------------------------------------- transfer, multitask
+
+STRATEGIES = ("linear_probe", "freeze", "full", "discriminative", "gradual", "dann")
+
+
+class SourceJob(_Section):
+    """The train step of a transfer job: the source model, trained first as `<name>-source`."""
+    data: DataSpec = Field(description="the source domain")
+    model: ModelSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+class DANNSpec(_Section):
+    lambda_max: float = Field(1.0, gt=0, description="the adversarial weight's final value")
+    gamma: float = Field(10.0, gt=0, description="how fast lambda rises: 2 / (1 + exp(-gamma * progress)) - 1")
+    hidden: int = Field(64, gt=0, description="the domain classifier's hidden units")
+
+
+class TransferSpec(_Section):
+    source: str | SourceJob = Field(description="a finished train run folder, or a train step "
+                                                "{data, model, train} run first as <name>-source")
+    source_data: DataSpec | None = Field(None, description="the source domain's data; default: the source run's")
+    strategy: Literal[STRATEGIES] = Field("full", description="linear_probe: only a new classifier trains; freeze: "
+                                                              "the first freeze_stages stages stay fixed; full; "
+                                                              "discriminative: backbone lr x backbone_lr_factor; "
+                                                              "gradual: one more stage from the top every "
+                                                              "unfreeze_every epochs; dann: labelled source + "
+                                                              "unlabelled target, domain-adversarial")
+    freeze_stages: int = Field(1, ge=0, description="freeze: stages frozen from the input side")
+    backbone_lr_factor: float = Field(0.1, gt=0, le=1, description="discriminative: the backbone's lr share")
+    unfreeze_every: int = Field(1, gt=0, description="gradual: epochs between unfreezing steps")
+    target_labels: int | None = Field(None, gt=0, description="labelled target training rows to use (few-shot "
+                                                                "fine-tuning); default: all. dann uses none")
+    dann: DANNSpec = Field(default_factory=DANNSpec)
+
+
+class TaskSpec(_Section):
+    data: DataSpec
+    weight: float = Field(1.0, gt=0, description="this task's loss weight")
+
+
+class MultiTaskSpec(_Section):
+    tasks: dict[str, TaskSpec] = Field(min_length=2, description="task name -> its data and loss weight")
+    sampling: Literal["proportional", "round_robin"] = Field(
+        "proportional", description="proportional: every task's batches once per epoch, randomly interleaved; "
+                                    "round_robin: tasks take turns, each as many steps as the largest")
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, v):
+        for name in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"task name {name!r} must be lowercase letters, digits, '_' (it names metrics)")
+        return v
+
+
 # Metrics a trial reports every epoch that a search may optimize, with their natural direction.
 # Test metrics are reported too but never selected on: choosing by test accuracy leaks the test set.
 OBJECTIVES = {"val_accuracy": "max", "val_f1": "max", "val_loss": "min", "train_loss": "min",
@@ -371,28 +436,40 @@ class SearchSpec(_Section):
 
 class JobSpec(_Section):
     name: str = Field(description="run folder name under `storage`; rerunning the same name resumes it")
-    kind: Literal["train", "compress"] = "train"
+    kind: Literal["train", "compress", "transfer", "multitask"] = "train"
     seed: int = 0
     storage: str = Field("runs", description="folder (or URI) holding run folders")
-    data: DataSpec | None = Field(None, description="required, except in a compress job with a teacher run folder")
-    model: ModelSpec | None = Field(None, description="required, except in a compress job with a teacher run folder")
+    data: DataSpec | None = Field(None, description="required, except in a compress job with a teacher run folder; "
+                                                    "transfer: the target domain; multitask: none (see tasks)")
+    model: ModelSpec | None = Field(None, description="required, except where it comes from a compress job's teacher "
+                                                      "or a transfer job's source")
     train: TrainSpec = Field(default_factory=TrainSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
     compress: CompressSpec | None = Field(None, description="kind compress: the teacher and the methods")
+    transfer: TransferSpec | None = Field(None, description="kind transfer: the source and the strategy")
+    multitask: MultiTaskSpec | None = Field(None, description="kind multitask: the tasks and how batches mix")
     search: SearchSpec | None = Field(None, description="run a Ray Tune sweep of this job instead of one run")
 
     @model_validator(mode="after")
     def _kind_sections(self):
         from_teacher = self.kind == "compress" and self.compress is not None and self.compress.teacher is not None
-        for key in ("data", "model"):
-            if getattr(self, key) is None and not from_teacher:
-                raise ValueError(f"{key}: required key is missing")
-        if self.kind == "compress" and self.compress is None:
-            raise ValueError("compress: required for kind compress")
-        if self.kind != "compress" and self.compress is not None:
-            raise ValueError(f"compress: only for kind compress (kind is {self.kind})")
+        for section in ("compress", "transfer", "multitask"):
+            if self.kind == section and getattr(self, section) is None:
+                raise ValueError(f"{section}: required for kind {section}")
+            if self.kind != section and getattr(self, section) is not None:
+                raise ValueError(f"{section}: only for kind {section} (kind is {self.kind})")
+        if self.kind == "multitask" and self.data is not None:
+            raise ValueError("data: a multitask job's data is per task (multitask.tasks.NAME.data)")
+        if self.data is None and not from_teacher and self.kind != "multitask":
+            raise ValueError("data: required key is missing")
+        if self.model is None and not from_teacher and self.kind != "transfer":
+            raise ValueError("model: required key is missing")
+        if self.kind == "transfer" and self.model is None and isinstance(self.transfer.source, SourceJob):
+            self.model = self.transfer.source.model
+        if self.kind == "transfer" and self.transfer.source_data is None and isinstance(self.transfer.source, SourceJob):
+            self.transfer.source_data = self.transfer.source.data
         if self.search is not None:
             self._check_objectives()
         return self
@@ -485,7 +562,7 @@ def validate_section(model: type[BaseModel], raw: dict, source: str, prefix: str
 
 
 def validate(raw: dict, source: str) -> JobSpec:
-    raw = _with_teacher_sections(raw, source)
+    raw = _with_source_sections(_with_teacher_sections(raw, source), source)
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as e:
@@ -515,6 +592,23 @@ def _with_teacher_sections(raw: dict, source: str) -> dict:
     return {**raw, "model": teacher_raw.get("model"), "data": raw.get("data", teacher_raw.get("data"))}
 
 
+def _with_source_sections(raw: dict, source: str) -> dict:
+    """A transfer job from a source run folder takes the run's model, and its data as the
+    source domain (unless `transfer.source_data` names other data)."""
+    transfer = raw.get("transfer") if isinstance(raw.get("transfer"), dict) else {}
+    run = transfer.get("source")
+    if raw.get("kind") != "transfer" or not isinstance(run, str):
+        return raw
+    try:
+        source_raw = yaml.safe_load((Path(run).expanduser() / "spec.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return raw        # not trained yet: the job validates, running it says what is missing
+    if "model" in raw and raw["model"] != source_raw.get("model"):
+        raise SpecError(f"{source}: model: a transfer job takes its source run's model; remove this section")
+    transfer = {**transfer, "source_data": transfer.get("source_data", source_raw.get("data"))}
+    return {**raw, "model": source_raw.get("model"), "transfer": transfer}
+
+
 def without_search(raw: dict) -> dict:
     """The job a trial runs: everything but the `search` block."""
     return {k: v for k, v in raw.items() if k != "search"}
@@ -536,7 +630,7 @@ _MESSAGES = {
     "dict_type": lambda c: "must be a mapping of keys",
     "union_tag_invalid": lambda c: f"{c['discriminator'].strip(chr(39))} must be one of {c['expected_tags']}",
 }
-METHOD_TAGS = ("distill", "prune", "lowrank", "quantize")     # union tags pydantic puts in error paths
+METHOD_TAGS = ("distill", "prune", "lowrank", "quantize", "str", "SourceJob")     # union tags pydantic puts in error paths
 
 
 def _describe(err: dict) -> str:

@@ -16,7 +16,7 @@ def test_frozen_parameters_get_no_gradient_and_do_not_change(name, shape):
     strategies.set_trainable(model, "freeze", freeze_stages=2)
     frozen = [p for stage in strategies.stages(model)[:2] for p in stage.parameters()]
     before = [p.detach().clone() for p in frozen]
-    opt = torch.optim.AdamW(strategies.param_groups(model, 1e-2), weight_decay=0.1)
+    opt = torch.optim.AdamW(strategies.param_groups(model), lr=1e-2, weight_decay=0.1)
     F.cross_entropy(model(torch.randn(8, *shape)), torch.randint(0, 10, (8,))).backward()
     opt.step()
     assert all(p.grad is None for p in frozen) and all(torch.equal(a, b) for a, b in zip(frozen, before))
@@ -35,14 +35,13 @@ def test_linear_probe_trains_only_the_classifier_and_heads_are_replaced():
 
 def test_discriminative_rates_and_gradual_unfreezing():
     model = build_model("cnn1d", (1, 40), 10, channels=[8, 16, 32])
-    groups = strategies.param_groups(model, 1e-3, backbone_factor=0.1)
-    assert [g["lr"] for g in groups] == [1e-3, 1e-4]
+    groups = strategies.param_groups(model, backbone_factor=0.1)
+    assert [g["lr_scale"] for g in groups] == [1.0, 0.1]
     n = len(strategies.stages(model))          # stem + 3 blocks
     assert [strategies.unfrozen_stages(e, n, every=2) for e in range(10)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    strategies.apply_gradual(model, epoch=2, every=2)
-    top = strategies.stages(model)[-1]
-    assert all(p.requires_grad for p in top.parameters())
-    assert not any(p.requires_grad for p in strategies.stages(model)[0].parameters())
+    trainable = strategies.gradual_trainable(model, epoch=2, every=2)
+    head = model.get_submodule(strategies.classifier_path(model))
+    assert trainable == set(head.parameters()) | set(strategies.stages(model)[-1].parameters())
 
 
 def test_gradient_reversal_multiplies_the_gradient_by_minus_lambda():

@@ -14,15 +14,3 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
                     reduction="batchmean", log_target=True) * (t * t)
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
-
-
-def distillation_loss(teacher: torch.nn.Module, temperature: float, alpha: float):
-    """`loss_fn(logits, y, x)` for the training loop: asks the frozen teacher about each batch."""
-    teacher.eval()
-
-    def loss_fn(logits, y, x):
-        with torch.no_grad():
-            teacher_logits = teacher(x).float()
-        return kd_loss(logits, teacher_logits, y, temperature, alpha)
-
-    return loss_fn

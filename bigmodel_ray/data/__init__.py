@@ -27,6 +27,7 @@ def open_pipeline(data_spec, seed: int = 0):
     """The opened source, the image format, and a function split -> that split's `Transform`."""
     from bigmodel_ray.data.images import ImageFormat
     from bigmodel_ray.data.pipeline import Transform, augment_config
+    from bigmodel_ray.data.shift import Shift
     from bigmodel_ray.data.sources import DataError, open_source
 
     source = open_source(data_spec)
@@ -47,6 +48,8 @@ def open_pipeline(data_spec, seed: int = 0):
         raise DataError("normalize", f"has {len(norm.mean)} channels, the inputs have {channels}")
     aug = augment_config(data_spec.augment, pixel_max) if data_spec.augment else None
     on_device = aug is not None and data_spec.augment.on == "device"
+    # Built-in sets are shifted when opened (sources.py); image sources row by row in the pipeline.
+    shift = Shift(**data_spec.shift.model_dump()) if data_spec.shift and source.storage != "array" else None
 
     def transform(name: str) -> Transform:
         return Transform(
@@ -55,7 +58,7 @@ def open_pipeline(data_spec, seed: int = 0):
             synthetic=(data_spec.image_size, data_spec.num_classes) if source.storage == "ids" else None,
             split_seed=data_spec.split_seed, keep_share=source.hash_split.get(name),
             augment=aug if name == "train" and not on_device else None, emit_key=name == "train" and on_device,
-            seed=seed, skip_bad=data_spec.on_bad_record == "skip")
+            seed=seed, skip_bad=data_spec.on_bad_record == "skip", shift=shift)
 
     return source, fmt, input_shape, transform, (aug if on_device else None)
 

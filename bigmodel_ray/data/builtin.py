@@ -27,22 +27,55 @@ def load_digits(val_fraction: float, test_fraction: float, split_seed: int) -> S
     return {"test": (x_test, y_test), **_carve_val(x_rest, y_rest, val_fraction, split_seed)}
 
 
-def load_mnist1d(val_fraction: float, test_fraction: float, split_seed: int) -> Splits:
-    """MNIST-1D from the package's generator with its default arguments (4,000 train, 1,000 test).
+# The generator's arguments a variant may change: how the templates are warped and noised, and
+# its seed. The others would change the sequence length, the sample count or the split, which
+# the two sides of a domain pair share.
+MNIST1D_VARIANT_ARGS = ("scale_coeff", "max_translation", "corr_noise_scale", "iid_noise_scale", "shear_scale",
+                        "shuffle_seq", "seed")
+
+
+def check_mnist1d_args(generator: dict) -> None:
+    """Raise ValueError naming the first argument the mnist1d generator would not take as a variant."""
+    from mnist1d.data import get_dataset_args
+
+    defaults = get_dataset_args(as_dict=True)
+    defaults.pop("url")            # where get_dataset downloads from: not an argument of the data
+    for key, value in generator.items():
+        if key not in MNIST1D_VARIANT_ARGS:
+            why = "fixed (it sets the sequence layout, sample count or split that a domain pair shares)" \
+                if key in defaults else "unknown argument"
+            raise ValueError(f"{key!r}: {why}; vary {', '.join(MNIST1D_VARIANT_ARGS)}")
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):      # seed (numpy takes 0 .. 2**32 - 1), max_translation
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
+            kind = "a whole number >= 0"
+        else:
+            ok, kind = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0, "a number >= 0"
+        if not ok:
+            raise ValueError(f"{key!r}: must be {kind} (got {value!r}; default {default!r})")
+
+
+def load_mnist1d(val_fraction: float, test_fraction: float, split_seed: int, generator: dict | None = None) -> Splits:
+    """MNIST-1D from the package's generator (4,000 train, 1,000 test): its default arguments,
+    or with `generator` overriding some of them (a variant; see MNIST1D_VARIANT_ARGS).
 
     The test split is the generator's own; `test_fraction` does not apply. `mnist1d.data.get_dataset`
     is avoided on purpose: it downloads and unpickles a file.
     """
-    from mnist1d.data import get_dataset_args, make_dataset
+    from mnist1d.data import ObjectView, get_dataset_args, make_dataset
 
+    check_mnist1d_args(generator or {})
     args = get_dataset_args(as_dict=True)
+    args.update({k: type(args[k])(v) for k, v in (generator or {}).items()})     # 1 -> 1.0: one cache file
     args.pop("url")
     cache = _cache_dir() / f"mnist1d-{hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
     else:  # generating takes ~7 s; cache it (numpy format, never pickle)
-        raw = make_dataset(get_dataset_args())
+        raw = make_dataset(ObjectView(dict(args)))
         data = {k: np.asarray(raw[k]) for k in ("x", "y", "x_test", "y_test")}
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, **data)

@@ -1,9 +1,10 @@
 """Stored rows -> worker batches (`x` uint8 images / float32 series, channels-first; `y` int64).
 
 One fused `map_batches` per split does everything a row needs — keep its hash-split share,
-read/decode/generate the image, augment it (train only) — so each image is touched by one
-task and resampled once, in parallel with training. Scaling to 0..1 and normalizing happen on
-the worker's device (train/inputs.py).
+read/decode/generate the image, shift it (`data.shift`, every split), augment it (train only) —
+so each image is touched by one task and resampled once (twice with a geometric shift), in
+parallel with training. Scaling to 0..1 and normalizing happen on the worker's device
+(train/inputs.py).
 
 Reproducible augmentation: a row's random draws depend on (job seed, epoch, row key) only, not
 on which task or worker handles it or how rows are batched. Tasks learn the epoch from a tiny
@@ -20,6 +21,7 @@ import numpy as np
 
 from bigmodel_ray.data.augment import AugmentConfig, augment_batch, draws_for_keys, params_from_draws
 from bigmodel_ray.data.images import BadRecord, ImageFormat, decode, from_raw
+from bigmodel_ray.data.shift import Shift, shift_images
 from bigmodel_ray.data.sources import hash_share
 from bigmodel_ray.data.synthetic import class_of, generate
 
@@ -69,6 +71,7 @@ class Transform:
     keep_share: tuple[float, float] | None = None   # hash split: keep rows in [lo, hi)
     augment: AugmentConfig | None = None            # applied here (augment.on: data)
     emit_key: bool = False                          # augment.on: device — the worker augments
+    shift: Shift | None = None                      # image sources; built-in sets are shifted when opened
     seed: int = 0
     skip_bad: bool = False
 
@@ -111,7 +114,10 @@ def stored_images(batch: dict[str, np.ndarray], t: Transform, state=None):
     y, key = labels_and_keys(batch, t)
     keep = in_split(key, t)
     images, ok = _images(batch, t, keep, key, state)
-    return images, y[keep][ok], key[keep][ok]
+    y, key = y[keep][ok], key[keep][ok]
+    if t.shift is not None:      # the target domain itself: before (and whatever) the train augmentation
+        images = shift_images(images, t.shift, key)
+    return images, y, key
 
 
 def in_split(key: np.ndarray, t: Transform) -> np.ndarray:

@@ -72,11 +72,15 @@ def hash_share(keys: np.ndarray, split_seed: int) -> np.ndarray:
 def _builtin(spec) -> Source:
     import ray.data
 
-    splits = BUILTIN[spec.source](spec.val_fraction, spec.test_fraction, spec.split_seed)
+    variant = {"generator": spec.generator} if spec.generator else {}        # mnist1d only (spec.py checks)
+    splits = BUILTIN[spec.source](spec.val_fraction, spec.test_fraction, spec.split_seed, **variant)
     if spec.shift is not None:
         from bigmodel_ray.data.shift import apply_shift
 
-        splits = {name: (apply_shift(x, spec.shift), y) for name, (x, y) in splits.items()}
+        # The whole set's range, so that every split is inverted and noised alike.
+        lo = min(float(x.min()) for x, _ in splits.values() if len(x))
+        hi = max(float(x.max()) for x, _ in splits.values() if len(x))
+        splits = {name: (apply_shift(x, spec.shift, lo, hi), y) for name, (x, y) in splits.items()}
 
     def rows(x, y, keyed):       # a key only where augmentation needs one: it travels with every batch
         return [{"x": xi, "y": yi, **({"key": np.uint64(i)} if keyed else {})} for i, (xi, yi) in enumerate(zip(x, y))]

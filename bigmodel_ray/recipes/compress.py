@@ -23,6 +23,7 @@ from bigmodel_ray.compress.chain import Candidate, apply_methods
 from bigmodel_ray.recipes import train as train_recipe
 from bigmodel_ray.spec import JobSpec, SpecError, dump, validate
 from bigmodel_ray.train.inputs import ModelInputs
+from bigmodel_ray.train.objectives import Distill
 from bigmodel_ray.train.shards import EvalBatches
 from bigmodel_ray.train.state import load_model, read_state
 from bigmodel_ray.train.steps import evaluate
@@ -48,19 +49,19 @@ def resolve_teacher(spec: JobSpec, source: str, say) -> tuple[torch.nn.Module, P
     if spec.compress.teacher is None:
         job = teacher_spec(spec)
         run_dir = train_recipe.run_dir_of(job, source)
-        if not _finished(run_dir, job.train.epochs):
+        if not finished(run_dir, job.train.epochs):
             say(f"{spec.name}: training the teacher first ({job.name})")
             train_recipe.run(job, source, say)
     else:
         run_dir = Path(spec.compress.teacher).expanduser().resolve()
-        if not _finished(run_dir):
+        if not finished(run_dir):
             raise SpecError(f"{source}: compress.teacher: {run_dir} is not a finished train run "
                             f"(no result.json with a checkpoint)")
     checkpoint = Path(json.loads((run_dir / train_recipe.RESULT_FILE).read_text())["checkpoint"])
     return load_model(checkpoint), checkpoint
 
 
-def _finished(run_dir: Path, epochs: int | None = None) -> bool:
+def finished(run_dir: Path, epochs: int | None = None) -> bool:
     try:
         result = json.loads((run_dir / train_recipe.RESULT_FILE).read_text())
     except (OSError, ValueError):
@@ -115,13 +116,12 @@ def compress(spec: JobSpec, source: str, teacher, job, evaluator, work_dir: Path
         ft = spec.model_copy(deep=True)
         ft.train.epochs, ft.train.strategy = epochs, "ddp"
         ft.train.optimizer.lr = lr or (spec.train.optimizer.lr if distill else spec.train.optimizer.lr / 10)
-        extra = {"initial_model": model}
-        if distill is not None:
-            extra.update(teacher=teacher, distill={"temperature": distill.temperature, "alpha": distill.alpha})
+        objective = Distill(teacher, distill.temperature, distill.alpha) if distill is not None else None
         what = "distilling" if distill else "fine-tuning"
         say(f"{spec.name}: {what} for {epochs} epochs on {spec.resources.workers} workers")
         trainer = train_recipe.make_trainer(ft, job, name=f"ft-{uuid.uuid4().hex[:8]}",
-                                            storage_path=str(work_dir / "finetune"), run_dir=None, keep=1, extra=extra)
+                                            storage_path=str(work_dir / "finetune"), run_dir=None, keep=1,
+                                            extra={"initial_model": model}, objective=objective)
         try:
             result = train_recipe.fit(trainer)
         except Exception as e:

@@ -10,7 +10,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from bigmodel_ray.models import build_model
 from bigmodel_ray.progress import EpochPrinter
 from bigmodel_ray.runtime import RunFailed
 from bigmodel_ray.spec import JobSpec, SpecError, dump
+from bigmodel_ray.train.objectives import Classify
 from bigmodel_ray.train.worker import METRICS_FILE, read_epoch_log, train_worker
 
 RESULT_FILE, SPEC_FILE = "result.json", "spec.yaml"
@@ -40,9 +41,14 @@ class Plan:
     """What a train run needs besides its spec, decided on the driver before any worker starts."""
     data: DataBundle
     use_gpu: bool
-    steps_per_epoch: int
+    micro_batches: int  # per worker and epoch
     params: int
     state: Any          # the data pipeline's PipelineState actor, or None
+    objective: Any = None                       # train/objectives.py; None: Classify
+    extra: dict = field(default_factory=dict)   # more worker config (a model handed over, ...)
+
+    def steps_per_epoch(self, grad_accum: int) -> int:
+        return math.ceil(self.micro_batches / grad_accum)
 
 
 def plan(spec: JobSpec, source: str) -> Plan:
@@ -59,37 +65,45 @@ def plan(spec: JobSpec, source: str) -> Plan:
         data = load_data(spec.data, spec.seed, state)
     except DataError as e:
         raise SpecError(f"{source}: data.{e.field}: {e}") from None
-    _check_data_cpus(data, res, source)
-    rows_per_worker = data.rows["train"] // res.workers          # Ray splits train evenly
-    micro_batches = math.ceil(rows_per_worker / spec.train.batch_size)
+    check_data_cpus(data, res, source)
     try:   # the model's own argument checks, before any worker starts
         model = build_model(spec.model.name, data.input_shape, data.num_classes, **spec.model.args)
     except (TypeError, ValueError) as e:
         raise SpecError(f"{source}: model.args: {e}") from None
-    return Plan(data, use_gpu, math.ceil(micro_batches / spec.train.grad_accum),
-                sum(p.numel() for p in model.parameters()), state)
+    return Plan(data, use_gpu, micro_batches(Classify(), data, spec), sum(p.numel() for p in model.parameters()), state)
+
+
+def micro_batches(objective, data: DataBundle, spec: JobSpec) -> int:
+    # Ray splits the training streams evenly across workers.
+    rows = {name: n // spec.resources.workers for name, n in data.rows.items()}
+    return objective.micro_batches(rows, spec.train.batch_size)
 
 
 def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, run_dir: str | None,
-                 callbacks=(), init_checkpoint: str | None = None, keep: int | None = None, extra: dict | None = None):
+                 callbacks=(), init_checkpoint: str | None = None, keep: int | None = None, extra: dict | None = None,
+                 objective=None):
     """The Ray Train run of `spec`: `run_dir` gets the epoch log (None: no log); a run without
     checkpoints of its own starts from `init_checkpoint` when given. `extra` goes to the
-    workers' config as is (a model to fine-tune instead of a fresh one, a teacher to distill)."""
+    workers' config as is (a model to fine-tune instead of a fresh one); `objective`
+    replaces the plan's (e.g. distillation from a teacher)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     res = spec.resources
+    objective = objective or plan.objective or Classify(spec.train.label_smoothing)
     return TorchTrainer(
         train_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": run_dir,
                            "input_shape": list(plan.data.input_shape), "num_classes": plan.data.num_classes,
-                           "steps_per_epoch": plan.steps_per_epoch, "pipeline_state": plan.state,
+                           "steps_per_epoch": plan.steps_per_epoch(spec.train.grad_accum),
+                           "micro_batches": plan.micro_batches, "dataset_names": list(plan.data.datasets),
+                           "objective": objective, "pipeline_state": plan.state,
                            "device_augment": plan.data.device_augment, "params": plan.params,
-                           "init_checkpoint": init_checkpoint, **(extra or {})},
+                           "init_checkpoint": init_checkpoint, **plan.extra, **(extra or {})},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         datasets=plan.data.datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ingest_options(res)),
+        dataset_config=DataConfig(datasets_to_split=list(objective.train_sets), execution_options=_ingest_options(res)),
         run_config=RunConfig(
             name=name, storage_path=storage_path, callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(num_to_keep=keep or spec.checkpoint.keep),
@@ -109,7 +123,7 @@ def fit(trainer):
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
     try:
-        return trainer.fit() if False else trainer.fit()
+        return trainer.fit()
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
@@ -125,13 +139,17 @@ def describe(spec: JobSpec, plan: Plan) -> str:
 
 
 def run(spec: JobSpec, source: str, say=print) -> dict:
+    run_dir = run_dir_of(spec, source)
+    check_same_job(run_dir, spec, source)
+    return execute(spec, source, plan(spec, source), run_dir, say)
+
+
+def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say=print, what: str | None = None) -> dict:
+    """Train `job` into `run_dir` (resuming what is there); returns the summary in result.json."""
     import ray
     import ray.train
 
-    run_dir = run_dir_of(spec, source)
-    check_same_job(run_dir, spec, source)
-    job = plan(spec, source)
-    say(f"{spec.name}: {describe(spec, job)}")
+    say(f"{spec.name}: {what or describe(spec, job)}")
     run_dir.mkdir(parents=True, exist_ok=True)       # only now: a rejected job writes nothing
     _write_atomic(run_dir / SPEC_FILE, dump(spec))
     done_before = _epochs_logged(run_dir)
@@ -163,10 +181,14 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         if summary["skipped_records"]:
             say(f"{spec.name}: skipped {summary['skipped_records']} bad records (data.on_bad_record: skip), "
                 f"e.g. {'; '.join(examples)}")
-    _write_atomic(run_dir / RESULT_FILE, json.dumps(summary, indent=2) + "\n")
+    write_result(run_dir, summary)
     say(f"{spec.name}: test_accuracy {summary['test_accuracy']:.4f}  test_f1 {summary['test_f1']:.4f}  "
         f"({summary['epochs']} epochs, {summary['epochs_this_run']} this run, {wall_s:.1f}s) -> {run_dir}")
     return summary
+
+
+def write_result(run_dir: Path, summary: dict) -> None:
+    _write_atomic(run_dir / RESULT_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 def failure(e: Exception, spec: JobSpec, source: str, run_dir) -> Exception:
@@ -196,7 +218,7 @@ def _ingest_options(res):
                             preserve_order=ctx.preserve_order, verbose_progress=ctx.verbose_progress)
 
 
-def _check_data_cpus(data, res, source: str) -> None:
+def check_data_cpus(data, res, source: str) -> None:
     """Ray Data's tasks need whole CPUs that the trainers do not hold, or the run hangs."""
     import ray
 

@@ -6,7 +6,12 @@ import torch
 
 
 def build_optimizer(params, spec) -> torch.optim.Optimizer:
+    """`params`: parameters, or groups whose `lr_scale` multiplies the job's learning rate
+    (discriminative fine-tuning: a slower backbone)."""
     o = spec.optimizer
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "lr": o.lr * g.get("lr_scale", 1.0)} for g in params]
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
@@ -39,8 +44,8 @@ def apply_hyperparameters(optimizer, scheduler, spec) -> None:
     checkpoint with its own, perturbed values.
     """
     o = spec.optimizer
-    scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
-    for group, lr in zip(optimizer.param_groups, scheduler.get_lr()):
-        group["lr"], group["initial_lr"], group["weight_decay"] = lr, o.lr, o.weight_decay
+    scheduler.base_lrs = [o.lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
+    for group, base, lr in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.get_lr()):
+        group["lr"], group["initial_lr"], group["weight_decay"] = lr, base, o.weight_decay
         if "momentum" in group:
             group["momentum"] = o.momentum

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from bigmodel_ray.train.metrics import all_reduce_sum, confusion_matrix, summarize
+from bigmodel_ray.train.objectives import Classify
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -45,29 +46,30 @@ def _gradient_sync(model, enabled: bool):
 
 
 def train_epoch(model, batches, optimizer, scheduler, *, device, precision="fp32", grad_accum=1,
-                grad_clip=None, label_smoothing=0.0, scaler=None, loss_fn=None) -> dict[str, float]:
+                grad_clip=None, label_smoothing=0.0, scaler=None, loss=None, frozen=()) -> dict[str, float]:
     """Returns the mean training loss and the number of samples this rank saw.
 
-    `loss_fn(logits, y, x)` replaces cross-entropy (e.g. a distillation loss that asks a teacher
-    about `x`)."""
+    `loss(model, batch) -> (loss, samples)` replaces cross-entropy on `(x, y)` batches (see
+    train/objectives.py). `frozen` parameters take part in the forward pass but are not updated
+    (gradual unfreezing): their gradients are dropped before each step, so the optimizer skips
+    them (no momentum, no weight decay)."""
+    loss = loss or Classify(label_smoothing).loss
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     samples, micro = 0, 0
-    for (x, y), last in _flag_last(batches):
+    for batch, last in _flag_last(batches):
         micro += 1
         step_now = micro == grad_accum or last
         with _gradient_sync(model, step_now):
             with autocast(device, precision):
-                logits = model(x)
-            if loss_fn is None:
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-            else:
-                loss = loss_fn(logits.float(), y, x)
-            scaled = loss / grad_accum if grad_accum > 1 else loss
+                value, n = loss(model, batch)
+            scaled = value / grad_accum if grad_accum > 1 else value
             (scaler.scale(scaled) if scaler else scaled).backward()
-        loss_sum += loss.detach() * len(y)
-        samples += len(y)
+        loss_sum += value.detach().float() * n
+        samples += n
         if step_now:
+            for p in frozen:
+                p.grad = None
             _optimizer_step(model, optimizer, scaler, grad_clip, rescale=grad_accum / micro)
             scheduler.step()
             micro = 0

@@ -19,8 +19,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from bigmodel_ray.models import build_model, shard_units
-from bigmodel_ray.spec import JobSpec
+from bigmodel_ray.spec import DataSpec, JobSpec
 from bigmodel_ray.train.inputs import ModelInputs
+from bigmodel_ray.train.objectives import Classify
 from bigmodel_ray.train.optim import apply_hyperparameters, build_optimizer, build_scheduler
 from bigmodel_ray.train.shards import EvalBatches, TrainBatches
 from bigmodel_ray.train.state import gather_state, read_state, restore_state, save_state
@@ -37,7 +38,7 @@ def eval_batch_size(train_batch: int, input_shape) -> int:
     return int(min(512, max(2 * train_batch, (16 << 20) // sample_bytes)))
 
 
-def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device, ddp_kwargs=None) -> torch.nn.Module:
     if strategy == "fsdp":
         # FSDP2: each unit's parameters are sharded across ranks and gathered per forward.
         from torch.distributed.fsdp import fully_shard
@@ -47,7 +48,8 @@ def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device) -> t
         for unit in shard_units(model):
             fully_shard(unit)
         return fully_shard(model)
-    return ray.train.torch.prepare_model(model)     # DDP when world size > 1 (gloo on CPU, nccl on GPU)
+    # DDP when world size > 1 (gloo on CPU, nccl on GPU)
+    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
 
 
 def read_epoch_log(run_dir: str | Path) -> list[dict]:
@@ -88,13 +90,17 @@ def train_worker(config: dict) -> dict:
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     input_shape, num_classes = tuple(config["input_shape"]), config["num_classes"]
 
+    objective = config.get("objective") or Classify(t.label_smoothing)
     torch.manual_seed(spec.seed)                      # identical initial weights on every rank
-    # A model handed over (a compressed one being fine-tuned) instead of the spec's fresh one.
+    # A model handed over (a compressed one being fine-tuned, a source model to transfer)
+    # instead of the spec's fresh one.
     base = config.get("initial_model")
     if base is None:
         base = build_model(spec.model.name, input_shape, num_classes, **spec.model.args)
-    model = wrap_model(base, t.strategy, device)
-    optimizer = build_optimizer(model.parameters(), t)
+    base = objective.prepare(base)
+    model = wrap_model(base, t.strategy, device, objective.ddp_kwargs)
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    optimizer = build_optimizer(objective.param_groups(inner), t)
     scheduler = build_scheduler(optimizer, t, config["steps_per_epoch"])
     scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
 
@@ -114,29 +120,34 @@ def train_worker(config: dict) -> dict:
     log = EpochLog(config.get("run_dir"), enabled=rank == 0)
     log.truncate_to(epochs_done)
     pipeline_state = config.get("pipeline_state")
-    augment_on_data = data.augment is not None and data.augment.on == "data"
-    train_batches = TrainBatches(ray.train.get_dataset_shard("train"), batch_size=t.batch_size,
-                                 in_memory=data.keep_in_memory and not augment_on_data,   # fresh draws every epoch
-                                 seed=spec.seed, rank=rank, device=device,
-                                 inputs=ModelInputs(data, spec.seed, config.get("device_augment")),
-                                 row_bytes=math.prod(input_shape))     # stored as uint8 images (float: 4x)
-    eval_sets = {name: EvalBatches(ray.train.get_dataset_shard(name), batch_size=eval_batch_size(t.batch_size, input_shape),
-                                   in_memory=data.keep_in_memory, rank=rank, world_size=world, device=device,
-                                   inputs=ModelInputs(data, spec.seed))
-                 for name in ("val", "test")}
-    # DDP's forward broadcasts buffers (a collective); evaluate the inner module so ranks with
-    # one batch fewer never wait on each other. FSDP2 evens out forwards inside `evaluate`.
-    eval_model = model.module if isinstance(model, DistributedDataParallel) else model
+    # Each dataset's own data section (a transfer job's source and target differ); default: the job's.
+    data_of = {name: DataSpec.model_validate(d) for name, d in (config.get("data_sections") or {}).items()}
+    streams, eval_sets = {}, {}
+    for name in config["dataset_names"]:
+        d = data_of.get(name, data)
+        if name in objective.train_sets:
+            augment_on_data = d.augment is not None and d.augment.on == "data"   # fresh draws every epoch
+            in_memory = d.keep_in_memory and not augment_on_data or name in objective.cycled_sets
+            streams[name] = TrainBatches(ray.train.get_dataset_shard(name), batch_size=t.batch_size, in_memory=in_memory,
+                                         seed=spec.seed, rank=rank, device=device,
+                                         inputs=ModelInputs(d, spec.seed, config.get("device_augment") if d is data else None),
+                                         row_bytes=math.prod(input_shape))     # stored as uint8 images (float: 4x)
+        else:
+            eval_sets[name] = EvalBatches(ray.train.get_dataset_shard(name),
+                                          batch_size=eval_batch_size(t.batch_size, input_shape),
+                                          in_memory=d.keep_in_memory, rank=rank, world_size=world, device=device,
+                                          inputs=ModelInputs(d, spec.seed))
+    micro_batches = config["micro_batches"]
 
-    loss_fn = None
-    if config.get("teacher") is not None:      # knowledge distillation from a frozen teacher
-        from bigmodel_ray.compress.distill import distillation_loss
-
-        loss_fn = distillation_loss(config["teacher"].to(device), **config["distill"])
-
-    def run_eval(name):
-        return evaluate(eval_model, eval_sets[name], num_classes=num_classes, device=device,
+    def run_eval(name, eval_model):
+        # DDP's forward broadcasts buffers (a collective): the objective hands the inner module,
+        # so ranks with one batch fewer never wait on each other. FSDP2 evens out forwards
+        # inside `evaluate`.
+        return evaluate(eval_model, eval_sets[name], num_classes=num_classes_of(name), device=device,
                         precision=t.precision, input_shape=input_shape)
+
+    def num_classes_of(name):
+        return config.get("num_classes_of", {}).get(name, num_classes)
 
     meta = {"model": spec.model.model_dump(), "input_shape": list(input_shape), "num_classes": num_classes}
     test = None
@@ -144,22 +155,21 @@ def train_worker(config: dict) -> dict:
         if pipeline_state is not None:     # before asking for the epoch's data: its tasks read it
             ray.get(pipeline_state.set_epoch.remote(epoch))
         start = time.perf_counter()
-        train = train_epoch(model, train_batches.epoch(epoch), optimizer, scheduler, device=device,
-                            precision=t.precision, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
-                            label_smoothing=t.label_smoothing, scaler=scaler, loss_fn=loss_fn)
+        train = train_epoch(model, objective.batches(streams, epoch, micro_batches), optimizer, scheduler,
+                            device=device, precision=t.precision, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
+                            scaler=scaler, loss=objective.loss, frozen=objective.frozen(inner, epoch))
         train_s = time.perf_counter() - start
-        val = run_eval("val")
+        val = objective.evaluate(run_eval, inner, "val")
         row = {
-            "epoch": epoch + 1, "train_loss": train["loss"],
-            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"],
+            "epoch": epoch + 1, "train_loss": train["loss"], **_without_counts(val),
             "lr": scheduler.get_last_lr()[0],
             "samples_per_s": train["samples"] * world / train_s, "train_s": train_s,
             "epoch_s": time.perf_counter() - start, "params": config.get("params"),
         }
         last = epoch + 1 == t.epochs
         if last:
-            test = run_eval("test")
-            row.update(test_loss=test["loss"], test_accuracy=test["accuracy"], test_f1=test["f1"])
+            test = objective.evaluate(run_eval, inner, "test")
+            row.update(_without_counts(test))
         log.append(row)
         save = (epoch + 1) % spec.checkpoint.every == 0 or last
         state = gather_state(model, optimizer, scheduler, scaler, epoch + 1, meta) if save else None
@@ -171,11 +181,14 @@ def train_worker(config: dict) -> dict:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(row, checkpoint=checkpoint)
 
-    test = test or run_eval("test")
-    return {"test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_f1": test["f1"],
-            "test_count": test["count"], "epochs": t.epochs, "resumed_from_epoch": epochs_done,
+    test = test or objective.evaluate(run_eval, inner, "test")
+    return {**test, "epochs": t.epochs, "resumed_from_epoch": epochs_done,
             "rank_param_checksums": _rank_checksums(model, t.strategy, world),
             "rank_nodes": _gather(ray.get_runtime_context().get_node_id(), world)}
+
+
+def _without_counts(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.endswith("_count")}
 
 
 def _gather(value, world: int) -> list:

@@ -27,8 +27,12 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     old = model.get_submodule(path)
     if old.out_features == num_classes:
         return model
+    return set_submodule(model, path, nn.Linear(old.in_features, num_classes))
+
+
+def set_submodule(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
     parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, nn.Linear(old.in_features, num_classes))
+    setattr(model.get_submodule(parent) if parent else model, name, module)
     return model
 
 
@@ -52,21 +56,23 @@ def unfrozen_stages(epoch: int, total_stages: int, every: int) -> int:
     return min(total_stages, epoch // every)
 
 
-def apply_gradual(model: nn.Module, epoch: int, every: int) -> None:
+def gradual_trainable(model: nn.Module, epoch: int, every: int) -> set[nn.Parameter]:
+    """The parameters that train in `epoch` under gradual unfreezing: the classifier and the
+    top unfrozen stages. (Everything else stays in the forward pass, untouched.)"""
     all_stages = stages(model)
     n = unfrozen_stages(epoch, len(all_stages), every)
-    set_trainable(model, "linear_probe")
+    trainable = set(model.get_submodule(classifier_path(model)).parameters())
     for stage in all_stages[len(all_stages) - n:]:
-        for p in stage.parameters():
-            p.requires_grad_(True)
+        trainable.update(stage.parameters())
+    return trainable
 
 
-def param_groups(model: nn.Module, lr: float, backbone_factor: float = 1.0) -> list[dict]:
-    """Optimizer groups: the classifier at `lr`, the backbone at `lr * backbone_factor`
-    (discriminative learning rates). Frozen parameters are left out."""
+def param_groups(model: nn.Module, backbone_factor: float = 1.0) -> list[dict]:
+    """Optimizer groups: the classifier at the job's learning rate, the backbone at
+    `backbone_factor` times it (discriminative learning rates). Frozen parameters are left out."""
     head = set(model.get_submodule(classifier_path(model)).parameters())
     backbone = [p for p in model.parameters() if p not in head and p.requires_grad]
-    groups = [{"params": [p for p in head if p.requires_grad], "lr": lr}]
+    groups = [{"params": [p for p in head if p.requires_grad], "lr_scale": 1.0}]
     if backbone:
-        groups.append({"params": backbone, "lr": lr * backbone_factor})
+        groups.append({"params": backbone, "lr_scale": backbone_factor})
     return groups
