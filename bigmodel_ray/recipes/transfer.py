@@ -65,7 +65,7 @@ def resolve_source(spec: JobSpec, source: str, say) -> tuple[JobSpec, Path]:
     return spec, checkpoint
 
 
-def _open(data_spec: DataSpec, spec: JobSpec, state, source: str, field: str) -> DataBundle:
+def open_data(data_spec: DataSpec, spec: JobSpec, state, source: str, field: str) -> DataBundle:
     try:
         return load_data(data_spec, spec.seed, state)
     except DataError as e:
@@ -82,8 +82,8 @@ def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, train_recipe.P
     use_gpu = ray.cluster_resources().get("GPU", 0) >= res.workers if res.use_gpu == "auto" else res.use_gpu
     needs_state = any(d.augment is not None or d.on_bad_record == "skip" for d in (spec.data, tr.source_data))
     state = start_state() if needs_state else None
-    target = _open(spec.data, spec, state, source, "data")
-    src = _open(tr.source_data, spec, state, source, "transfer.source_data")
+    target = open_data(spec.data, spec, state, source, "data")
+    src = open_data(tr.source_data, spec, state, source, "transfer.source_data")
     if target.input_shape != src.input_shape:
         raise SpecError(f"{source}: data: target inputs are {list(target.input_shape)}, the source model's "
                         f"{list(src.input_shape)}; give data.target_size or the source's shape")
