@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from bigmodel_ray.data import SOURCES
 from bigmodel_ray.data.builtin import BUILTIN, check_mnist1d_args
@@ -315,7 +316,8 @@ class DANNSpec(_Section):
 
 
 class TransferSpec(_Section):
-    source: str | SourceJob = Field(description="a finished train run folder, or a train step "
+    source: Annotated[Annotated[str, Tag("run")] | Annotated[SourceJob, Tag("job")],
+                      Discriminator(lambda v: "run" if isinstance(v, str) else "job")] = Field(description="a finished train run folder, or a train step "
                                                 "{data, model, train} run first as <name>-source")
     source_data: DataSpec | None = Field(None, description="the source domain's data; default: the source run's")
     strategy: Literal[STRATEGIES] = Field("full", description="linear_probe: only a new classifier trains; freeze: "
@@ -630,7 +632,7 @@ _MESSAGES = {
     "dict_type": lambda c: "must be a mapping of keys",
     "union_tag_invalid": lambda c: f"{c['discriminator'].strip(chr(39))} must be one of {c['expected_tags']}",
 }
-METHOD_TAGS = ("distill", "prune", "lowrank", "quantize", "str", "SourceJob")     # union tags pydantic puts in error paths
+METHOD_TAGS = ("distill", "prune", "lowrank", "quantize", "run", "job")     # union tags pydantic puts in error paths
 
 
 def _describe(err: dict) -> str:

@@ -43,13 +43,20 @@ def source_spec(spec: JobSpec) -> JobSpec:
                    data=s.data, model=s.model, train=s.train, resources=spec.resources, checkpoint=spec.checkpoint)
 
 
+def source_run(spec: JobSpec) -> Path:
+    """The source's run folder (an inline source's `<name>-source` run)."""
+    if isinstance(spec.transfer.source, str):
+        return Path(spec.transfer.source).expanduser().resolve()
+    return train_recipe.run_dir_of(source_spec(spec), "")
+
+
 def resolve_source(spec: JobSpec, source: str, say) -> tuple[JobSpec, Path]:
     """The source run's checkpoint (training an inline source first), and the spec completed
     with the source's model and data once the run folder exists."""
     from bigmodel_ray.recipes.compress import finished
 
+    run_dir = source_run(spec)
     if isinstance(spec.transfer.source, str):
-        run_dir = Path(spec.transfer.source).expanduser().resolve()
         if not finished(run_dir):
             raise SpecError(f"{source}: transfer.source: {run_dir} is not a finished train run "
                             f"(no result.json with a checkpoint)")
@@ -57,7 +64,6 @@ def resolve_source(spec: JobSpec, source: str, say) -> tuple[JobSpec, Path]:
             spec = validate(spec.model_dump(mode="json"), source)
     else:
         job = source_spec(spec)
-        run_dir = train_recipe.run_dir_of(job, source)
         if not finished(run_dir, job.train.epochs):
             say(f"{spec.name}: training the source model first ({job.name})")
             train_recipe.run(job, source, say)

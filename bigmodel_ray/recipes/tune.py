@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from bigmodel_ray.recipes.train import check_same_job, describe, plan, run_dir_of
+from bigmodel_ray.recipes.train import check_same_job, describe, run_dir_of
 from bigmodel_ray.runtime import RunFailed
 from bigmodel_ray.spec import JobSpec, SpecError, dump, without_search
 from bigmodel_ray.tune import results
@@ -45,10 +45,16 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
 
         spec, _, teacher, _, _ = compress_recipe.prepare(spec, source, say)
         spec.compress.teacher = str(teacher.parent)
+    source_only = None
+    if spec.kind == "transfer":       # one source model for every trial, trained (or found) first
+        from bigmodel_ray.recipes import transfer as transfer_recipe
+
+        spec, _, source_only = transfer_recipe.plan(spec, source, say)
+        spec.transfer.source = str(transfer_recipe.source_run(spec))
     raw_job = without_search(spec.model_dump(mode="json"))
     space = check_space(search, raw_job, source)
     concurrency = _concurrency(spec, source, say)
-    say(f"{spec.name}: sweep of {describe(spec, plan(spec, source))}")   # opens the data: fails early
+    say(f"{spec.name}: sweep of {_describe(spec, source)}")   # opens the data: fails early
     trials = trial_count(space, search)
     say(f"{spec.name}: {trials} trials ({search.search_alg} search, {search.scheduler.name} scheduler), "
         f"{concurrency} at a time, each {spec.resources.workers} x {spec.resources.cpus_per_worker:g} CPU + "
@@ -84,6 +90,10 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         from bigmodel_ray.recipes import compress as compress_recipe
 
         summary.update(compress_recipe.finish_sweep(spec, source, sweep_dir, records, say))
+    if spec.kind == "transfer":
+        from bigmodel_ray.transfer import report
+
+        summary["matrix"] = report.write_matrix(sweep_dir, records, source_only, search, say)
     (sweep_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     results.print_table(results.table(records, search.metrics), search, say)
     unfinished = [r for r in records if r.status == "unfinished"]
@@ -99,6 +109,14 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         raise RunFailed(f"{spec.name}: {len(failed)} of {len(records)} trials failed, e.g. {failed[0].error} "
                         f"(trials.csv in {sweep_dir})")
     return summary
+
+
+def _describe(spec: JobSpec, source: str) -> str:
+    from bigmodel_ray.recipes import multitask, plan_for, transfer
+
+    spec, job = plan_for(spec, source, say=lambda _: None)
+    recipe = {"transfer": transfer, "multitask": multitask}.get(spec.kind)
+    return recipe.describe(spec, job) if recipe else describe(spec, job)
 
 
 def _tune_config(spec: JobSpec, space, concurrency: int):

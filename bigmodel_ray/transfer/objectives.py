@@ -34,6 +34,7 @@ class FineTune(Classify):
 
     def prepare(self, model):
         strategies.set_trainable(model, self.strategy, self.freeze_stages)
+        strategies.keep_frozen_norms_in_eval(model)
         return model
 
     def param_groups(self, model):

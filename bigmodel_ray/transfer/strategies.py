@@ -50,6 +50,20 @@ def set_trainable(model: nn.Module, strategy: str, freeze_stages: int = 0) -> No
                 p.requires_grad_(False)
 
 
+def keep_frozen_norms_in_eval(model: nn.Module) -> None:
+    """Batch norms whose parameters are all frozen also keep their running statistics: they
+    normalize with them in training too, so a frozen stage computes exactly what it did (a
+    linear probe on fixed features). A forward pre-hook, because every `model.train()` would
+    undo a one-off `.eval()`."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.register_forward_pre_hook(_eval_mode)
+
+
+def _eval_mode(module, _args):
+    module.training = False
+
+
 def unfrozen_stages(epoch: int, total_stages: int, every: int) -> int:
     """Gradual unfreezing (ULMFiT): the classifier alone at first, then one more stage from the
     top every `every` epochs."""

@@ -68,6 +68,7 @@ def read_history(path: Path) -> pd.DataFrame:
 
 def table(records: list[TrialRecord], objectives: list[str]) -> pd.DataFrame:
     metrics = list(dict.fromkeys([*objectives, *TABLE_METRICS]))
+    metrics += [m for m in ("source_test_accuracy", "source_test_f1") if any(m in r.last for r in records)]
     rows = []
     for r in records:
         row = {"trial": r.trial_id, "status": r.status, "epoch": r.last.get("epoch", 0),

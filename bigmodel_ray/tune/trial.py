@@ -75,7 +75,8 @@ def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str) -> None:
     from ray import tune
     from ray.util.queue import Empty, Queue
 
-    from bigmodel_ray.recipes.train import failure, make_trainer, plan
+    from bigmodel_ray.recipes import plan_for
+    from bigmodel_ray.recipes.train import failure, make_trainer
 
     config = trial_values(config)
     spec = validate(apply(raw_job, config), source)
@@ -94,7 +95,8 @@ def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str) -> None:
     run_name = f"{trial_id}-{uuid.uuid4().hex[:6]}"
     train_runs = Path(sweep_dir) / TRAIN_RUNS
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    trainer = make_trainer(spec, plan(spec, source), name=run_name, storage_path=str(train_runs), run_dir=None,
+    spec, job = plan_for(spec, source, say=lambda _: None)
+    trainer = make_trainer(spec, job, name=run_name, storage_path=str(train_runs), run_dir=None,
                            callbacks=[ReportToTune(reports)], keep=2,
                            init_checkpoint=start)
     outcome = {}

@@ -1,0 +1,206 @@
+"""Transfer, domain adaptation and multi-task jobs end to end on Ray, and multi-task heads under DDP."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from bigmodel_ray.cli import main
+from bigmodel_ray.models import build_model
+from bigmodel_ray.spec import SpecError, load_job
+from bigmodel_ray.train.state import load_model, read_state
+from bigmodel_ray.transfer import strategies
+from bigmodel_ray.transfer.objectives import MultiTask, MultiTaskModel
+
+SOURCE_MODEL = {"name": "cnn2d", "args": {"channels": [16, 32]}}
+
+
+def write_job(folder: Path, name: str, **sections) -> Path:
+    job = {"name": name, "storage": str(folder / "runs"), "resources": {"workers": 2},
+           "train": {"epochs": 2, "batch_size": 32, "optimizer": {"lr": 0.003}}, **sections}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def run_job(path: Path, recipe_name: str) -> dict:
+    import importlib
+
+    recipe = importlib.import_module(f"bigmodel_ray.recipes.{recipe_name}")
+    return recipe.run(load_job(path), str(path), say=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def source_run(ray_cluster, tmp_path_factory) -> Path:
+    """A digits classifier: the source model of the transfer tests."""
+    folder = tmp_path_factory.mktemp("source")
+    path = write_job(folder, "digits_source", data={"source": "digits"}, model=SOURCE_MODEL,
+                     train={"epochs": 4, "batch_size": 32, "optimizer": {"lr": 0.003}})
+    run_job(path, "train")
+    return folder / "runs" / "digits_source"
+
+
+def source_weights(source_run: Path) -> dict:
+    result = json.loads((source_run / "result.json").read_text())
+    return read_state(result["checkpoint"])["model"]
+
+
+def test_freeze_keeps_the_first_stages_and_beats_source_only(source_run, tmp_path):
+    path = write_job(tmp_path, "freeze", kind="transfer", data={"source": "digits", "shift": {"invert": True}},
+                     transfer={"source": str(source_run), "strategy": "freeze", "freeze_stages": 1,
+                               "target_labels": 400},
+                     train={"epochs": 3, "batch_size": 32, "optimizer": {"lr": 0.003}})
+    summary = run_job(path, "transfer")
+    before, after = source_weights(source_run), read_state(summary["checkpoint"])["model"]
+    stem = [k for k in before if k.startswith("stem.")]
+    assert stem and all(torch.equal(before[k], after[k]) for k in stem)      # weights and BN statistics
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("blocks."))
+    assert summary["test_accuracy"] > summary["source_only"]["test_accuracy"] + 0.1
+    assert summary["source_only"]["source_test_accuracy"] > 0.9
+    assert 0 <= summary["source_test_accuracy"] <= 1           # what adapting cost on the source
+    log = [json.loads(line) for line in (tmp_path / "runs" / "freeze" / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and "source_test_accuracy" in log[-1]
+    model = load_model(summary["checkpoint"])                  # the adapted classifier, loadable alone
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_linear_probe_on_other_classes_replaces_the_head(source_run, tmp_path):
+    target = {"source": "synthetic", "image_size": 8, "num_classes": 4, "color_mode": "grayscale", "count": 400}
+    path = write_job(tmp_path, "probe", kind="transfer", data=target,
+                     transfer={"source": str(source_run), "strategy": "linear_probe"})
+    summary = run_job(path, "transfer")
+    before, after = source_weights(source_run), read_state(summary["checkpoint"])["model"]
+    head = strategies.classifier_path(load_model(summary["checkpoint"]))
+    assert after[f"{head}.weight"].shape[0] == 4
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith(head))
+    # Other classes: the source model says nothing about the target, and source accuracy is not measured.
+    assert "test_accuracy" not in summary["source_only"] and "source_test_accuracy" not in summary
+
+
+def test_transfer_sweep_writes_the_cross_domain_matrix(source_run, tmp_path):
+    path = write_job(tmp_path, "matrix", kind="transfer", data={"source": "digits", "shift": {"invert": True}},
+                     transfer={"source": str(source_run), "target_labels": 300},
+                     resources={"workers": 1, "cpus_per_worker": 0.5},
+                     search={"space": {"transfer.strategy": "grid([linear_probe, full, dann])"}, "search_alg": "grid"})
+    from bigmodel_ray.recipes import tune
+
+    summary = tune.run(load_job(path), str(path), say=lambda *_: None)
+    sweep = tmp_path / "runs" / "matrix"
+    matrix = pd.read_csv(sweep / "matrix.csv")
+    assert list(matrix["row"])[0] == "source-only" and set(matrix["row"][1:]) == {"linear_probe", "full", "dann"}
+    trials = pd.read_csv(sweep / "trials.csv")
+    for _, row in matrix.iloc[1:].iterrows():      # each row is its strategy's trial's final report
+        trial = trials[trials["trial"] == row["trial"]].iloc[0]
+        assert trial["transfer.strategy"] == row["row"] and trial["test_accuracy"] == row["target_test_accuracy"]
+    assert (sweep / "matrix.png").stat().st_size > 0 and "| source-only |" in (sweep / "matrix.md").read_text()
+    assert summary["matrix"][0]["source_test_accuracy"] > 0.9
+
+
+def test_multitask_run_reports_every_task(ray_cluster, tmp_path):
+    tasks = {"digits": {"data": {"source": "digits"}},
+             "inverted": {"data": {"source": "digits", "shift": {"invert": True}}, "weight": 0.5}}
+    path = write_job(tmp_path, "multi", kind="multitask", model=SOURCE_MODEL,
+                     multitask={"tasks": tasks, "sampling": "round_robin"})
+    summary = run_job(path, "multitask")
+    last = json.loads((tmp_path / "runs" / "multi" / "metrics.jsonl").read_text().splitlines()[-1])
+    for split in ("val", "test"):
+        accuracies = [last[f"{task}_{split}_accuracy"] for task in tasks]
+        assert last[f"{split}_accuracy"] == pytest.approx(sum(accuracies) / 2)
+        assert min(accuracies) > 0.5
+    assert summary["test_accuracy"] == pytest.approx(last["test_accuracy"])
+
+
+def test_multitask_schedules():
+    tasks = {"a": {"weight": 1.0, "num_classes": 3}, "b": {"weight": 2.0, "num_classes": 5}}
+    rr, prop = MultiTask(tasks, "round_robin", seed=0), MultiTask(tasks, "proportional", seed=0)
+    assert rr.schedule({"a": 3, "b": 1}, 0) == ["a", "b"] * 3
+    order = prop.schedule({"a": 3, "b": 1}, 0)
+    assert sorted(order) == ["a", "a", "a", "b"] and order == prop.schedule({"a": 3, "b": 1}, 0)
+    assert {tuple(prop.schedule({"a": 3, "b": 1}, e)) for e in range(8)} != {tuple(order)}   # reshuffled per epoch
+
+
+def _ddp_multitask_worker(rank: int, world: int, init_file: str, out: str):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    objective = MultiTask({"a": {"weight": 1.0, "num_classes": 3}, "b": {"weight": 1.0, "num_classes": 5}},
+                          "round_robin", seed=0)
+    model = DistributedDataParallel(objective.prepare(build_model("mlp", (1, 12), 3)), **objective.ddp_kwargs)
+    inner = model.module
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    snapshot = lambda: {k: v.detach().clone() for k, v in inner.state_dict().items()}   # noqa: E731
+    start = snapshot()
+    gen = torch.Generator().manual_seed(rank)
+    for _ in range(3):                               # task a only: head b must not move
+        loss, _n = objective.loss(model, ("a", torch.randn(8, 1, 12, generator=gen), torch.randint(0, 3, (8,), generator=gen)))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    after_a = snapshot()
+    loss, _n = objective.loss(model, ("b", torch.randn(8, 1, 12, generator=gen), torch.randint(0, 5, (8,), generator=gen)))
+    loss.backward()
+    opt.step()
+    torch.save({"start": start, "after_a": after_a, "after_b": snapshot()}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_multitask_heads_update_only_on_their_own_batches_under_ddp(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "state")
+    mp.spawn(_ddp_multitask_worker, args=(2, str(tmp_path / "init"), out), nprocs=2)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    start, after_a, after_b = ranks[0]["start"], ranks[0]["after_a"], ranks[0]["after_b"]
+    heads_b = [k for k in start if k.startswith("heads.b.")]
+    assert heads_b and all(torch.equal(start[k], after_a[k]) for k in heads_b)      # no step, no weight decay
+    assert all(not torch.equal(start[k], after_a[k]) for k in start if k.startswith("heads.a."))
+    assert all(not torch.equal(after_a[k], after_b[k]) for k in heads_b)
+    assert all(torch.equal(ranks[0]["after_b"][k], ranks[1]["after_b"][k]) for k in start)   # ranks in sync
+
+
+def test_multitask_model_shares_one_backbone():
+    model = MultiTaskModel(build_model("cnn2d", (1, 8, 8), 10), {"a": 3, "b": 7})
+    x = torch.randn(4, 1, 8, 8)
+    assert model(x, "a").shape == (4, 3) and model(x, "b").shape == (4, 7)
+    F.cross_entropy(model(x, "a"), torch.zeros(4, dtype=torch.long)).backward()
+    assert all(p.grad is None for p in model.heads["b"].parameters())
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"transfer": {"source": "runs/x", "strategy": "finetune"}}, "transfer.strategy: must be 'linear_probe'"),
+    ({"transfer": {"source": "runs/x", "target_labels": 0}}, "transfer.target_labels: must be > 0"),
+    ({"transfer": {"source": {"data": {"source": "digits"}}}}, "transfer.source.model: required key is missing"),
+    ({"kind": "multitask", "transfer": None, "model": SOURCE_MODEL,
+      "multitask": {"tasks": {"a": {"data": {"source": "digits"}}}}}, "multitask.tasks: "),
+    ({"kind": "train", "model": SOURCE_MODEL, "transfer": {"source": "runs/x"}}, "transfer: only for kind transfer"),
+])
+def test_bad_transfer_jobs_exit_2_naming_file_and_key(tmp_path, capsys, sections, message):
+    job = {"kind": "transfer", "data": {"source": "digits"}, **sections}
+    path = write_job(tmp_path, "bad", **{k: v for k, v in job.items() if v is not None})
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_transfer_checks_the_source_against_the_target(source_run, tmp_path):
+    cases = [
+        ({"source": str(tmp_path / "missing")}, {"source": "digits"}, "is not a finished train run"),
+        ({"source": str(source_run), "strategy": "freeze", "freeze_stages": 9}, {"source": "digits"},
+         "transfer.freeze_stages: cnn2d has 3 stages"),
+        ({"source": str(source_run), "strategy": "dann"},
+         {"source": "synthetic", "image_size": 8, "num_classes": 4, "color_mode": "grayscale", "count": 200},
+         "dann needs the same classes"),
+        ({"source": str(source_run)}, {"source": "mnist1d"}, "data: target inputs are [1, 40]"),
+    ]
+    for transfer, data, message in cases:
+        path = write_job(tmp_path, "mismatch", kind="transfer", data=data, transfer=transfer)
+        with pytest.raises(SpecError, match=None) as e:
+            run_job(path, "transfer")
+        assert str(e.value).startswith(f"{path}: ") and message in str(e.value), str(e.value)
+        assert not (tmp_path / "runs" / "mismatch").exists()       # nothing written for a rejected job
