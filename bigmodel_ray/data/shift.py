@@ -2,8 +2,8 @@
 real source offline (digits -> rotated, inverted, noisy, blurred or rescaled digits).
 
 Every sample gets the same geometric change (rotation about the centre, scale) and photometric
-change (inversion, blur); noise is drawn from the shift's own seed (and the row's key, for rows
-that stream through the pipeline), so the shifted set is the same every time. Built-in sets are
+change (inversion, blur); each row's noise is drawn from the shift's own seed and the row (its
+key, or its split and index in a built-in set), so the shifted set is the same every time. Built-in sets are
 shifted whole, as floats in the set's range, when opened (sources.py); image sources are shifted
 row by row as uint8 pixels in the pipeline (`shift_images`), every split alike. 1-D series
 (MNIST-1D) take scale, inversion, noise and blur, not rotation.

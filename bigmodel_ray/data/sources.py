@@ -80,7 +80,10 @@ def _builtin(spec) -> Source:
         # The whole set's range, so that every split is inverted and noised alike.
         lo = min(float(x.min()) for x, _ in splits.values() if len(x))
         hi = max(float(x.max()) for x, _ in splits.values() if len(x))
-        splits = {name: (apply_shift(x, spec.shift, lo, hi), y) for name, (x, y) in splits.items()}
+        # Each row its own noise: seeded by (split, row), the same in every run.
+        first_row = {"train": 0, "val": 1 << 24, "test": 2 << 24}
+        splits = {name: (apply_shift(x, spec.shift, lo, hi, seeds=first_row[name] + np.arange(len(x))), y)
+                  for name, (x, y) in splits.items()}
 
     def rows(x, y, keyed):       # a key only where augmentation needs one: it travels with every batch
         return [{"x": xi, "y": yi, **({"key": np.uint64(i)} if keyed else {})} for i, (xi, yi) in enumerate(zip(x, y))]
