@@ -2,7 +2,8 @@
 target domain does on both domains.
 
 Rows: source-only (the source model as it is), then per strategy its best trial by the sweep's
-metric (validation on the target: test numbers never choose). Columns: source test accuracy,
+metric (validation on the target: test numbers never choose; matrix.csv keeps the trial's
+target validation accuracy). Columns: source test accuracy,
 target test accuracy, target test F1, and the gain over source-only on the target in points.
 Written as matrix.csv, matrix.md and matrix.png in the sweep folder.
 """
@@ -28,7 +29,7 @@ def matrix(records, source_only: dict, metric: str, mode: str, fixed_strategy: s
             best[strategy] = r
     for strategy, r in best.items():
         settings = ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in r.config.items() if k != STRATEGY)
-        rows.append({"row": strategy, "trial": r.trial_id, "settings": settings,
+        rows.append({"row": strategy, "trial": r.trial_id, "settings": settings, "target_val_accuracy": r.last.get("val_accuracy"),
                      "source_test_accuracy": r.last.get("source_test_accuracy"),
                      "target_test_accuracy": r.last.get("test_accuracy"), "target_test_f1": r.last.get("test_f1")})
     frame = pd.DataFrame(rows)
