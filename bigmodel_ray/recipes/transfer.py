@@ -13,6 +13,7 @@ adapted classifier alone, loadable by `train.state.load_model`: compress and exp
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -144,7 +145,9 @@ def baseline(model, spec: JobSpec, target: DataBundle, src: DataBundle, same_cla
 def _accuracy(model, data: DataBundle, data_spec: DataSpec, seed: int, both: bool = False):
     batches = EvalBatches(data.datasets["test"].iterator(), batch_size=512, in_memory=False, rank=0, world_size=1,
                           device=torch.device("cpu"), inputs=ModelInputs(data_spec, seed))
-    result = evaluate(model.eval(), batches, num_classes=data.num_classes, device=torch.device("cpu"))
+    with warnings.catch_warnings():     # Ray hands read-only numpy blocks to torch; we never write to them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        result = evaluate(model.eval(), batches, num_classes=data.num_classes, device=torch.device("cpu"))
     return {"accuracy": result["accuracy"], "f1": result["f1"]} if both else result["accuracy"]
 
 
@@ -159,8 +162,12 @@ def describe(spec: JobSpec, job: train_recipe.Plan) -> str:
                "gradual": f"gradual unfreezing (a stage every {tr.unfreeze_every} epochs)"}.get(tr.strategy, tr.strategy)
     labelled = "" if tr.strategy == "dann" else f" on {rows['train']:,} labelled target rows"
     return (f"transfer {spec.model.name} ({job.params:,} params) from {tr.source_data.source} to "
-            f"{spec.data.source}{' (shifted)' if spec.data.shift else ''}: {how}{labelled}, "
+            f"{spec.data.source}{_variant(spec.data)}: {how}{labelled}, "
             f"{spec.resources.workers} workers, {spec.train.epochs} epochs")
+
+
+def _variant(data: DataSpec) -> str:
+    return " (shifted)" if data.shift else " (generator variant)" if data.generator else ""
 
 
 def run(spec: JobSpec, source: str, say=print) -> dict:
