@@ -2,7 +2,8 @@
 
 setup (model, strategy, optimizer, resume) -> for each epoch: train, validate on all ranks,
 log, report (+ checkpoint every N epochs); the last epoch's report carries the test metrics
-too. Rank 0 writes the epoch log and returns the test metrics, which the driver receives as
+too. What is optimized and reported comes from the run's objective (train/objectives.py:
+classification by default; distillation, fine-tuning, DANN, multi-task). Rank 0 writes the epoch log and returns the test metrics, which the driver receives as
 `Result.return_value`. Each checkpoint holds the epoch's report next to the state, so a run
 resumed from its final checkpoint can repeat the report without training.
 """
@@ -81,9 +82,33 @@ class EpochLog:
                 f.write(json.dumps(row) + "\n")
 
 
+def open_batches(config: dict, spec: JobSpec, objective, rank: int, world: int, device):
+    """This worker's training streams (the objective's train sets: Ray splits them across
+    workers) and evaluation sets (every other dataset), each read with its own data section
+    (a transfer job's source and target differ; default: the job's)."""
+    t, data, input_shape = spec.train, spec.data, tuple(config["input_shape"])
+    data_of = {name: DataSpec.model_validate(d) for name, d in (config.get("data_sections") or {}).items()}
+    streams, eval_sets = {}, {}
+    for name in config["dataset_names"]:
+        d = data_of.get(name, data)
+        if name in objective.train_sets:
+            augment_on_data = d.augment is not None and d.augment.on == "data"   # fresh draws every epoch
+            in_memory = d.keep_in_memory and not augment_on_data or name in objective.cycled_sets
+            streams[name] = TrainBatches(ray.train.get_dataset_shard(name), batch_size=t.batch_size, in_memory=in_memory,
+                                         seed=spec.seed, rank=rank, device=device,
+                                         inputs=ModelInputs(d, spec.seed, config.get("device_augment") if d is data else None),
+                                         row_bytes=math.prod(input_shape))     # stored as uint8 images (float: 4x)
+        else:
+            eval_sets[name] = EvalBatches(ray.train.get_dataset_shard(name),
+                                          batch_size=eval_batch_size(t.batch_size, input_shape),
+                                          in_memory=d.keep_in_memory, rank=rank, world_size=world, device=device,
+                                          inputs=ModelInputs(d, spec.seed))
+    return streams, eval_sets
+
+
 def train_worker(config: dict) -> dict:
     spec = JobSpec.model_validate(config["spec"])
-    t, data = spec.train, spec.data
+    t = spec.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -120,23 +145,7 @@ def train_worker(config: dict) -> dict:
     log = EpochLog(config.get("run_dir"), enabled=rank == 0)
     log.truncate_to(epochs_done)
     pipeline_state = config.get("pipeline_state")
-    # Each dataset's own data section (a transfer job's source and target differ); default: the job's.
-    data_of = {name: DataSpec.model_validate(d) for name, d in (config.get("data_sections") or {}).items()}
-    streams, eval_sets = {}, {}
-    for name in config["dataset_names"]:
-        d = data_of.get(name, data)
-        if name in objective.train_sets:
-            augment_on_data = d.augment is not None and d.augment.on == "data"   # fresh draws every epoch
-            in_memory = d.keep_in_memory and not augment_on_data or name in objective.cycled_sets
-            streams[name] = TrainBatches(ray.train.get_dataset_shard(name), batch_size=t.batch_size, in_memory=in_memory,
-                                         seed=spec.seed, rank=rank, device=device,
-                                         inputs=ModelInputs(d, spec.seed, config.get("device_augment") if d is data else None),
-                                         row_bytes=math.prod(input_shape))     # stored as uint8 images (float: 4x)
-        else:
-            eval_sets[name] = EvalBatches(ray.train.get_dataset_shard(name),
-                                          batch_size=eval_batch_size(t.batch_size, input_shape),
-                                          in_memory=d.keep_in_memory, rank=rank, world_size=world, device=device,
-                                          inputs=ModelInputs(d, spec.seed))
+    streams, eval_sets = open_batches(config, spec, objective, rank, world, device)
     micro_batches = config["micro_batches"]
 
     def run_eval(name, eval_model):
