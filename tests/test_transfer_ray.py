@@ -131,6 +131,23 @@ def test_multitask_run_reports_every_task(ray_cluster, tmp_path):
     assert summary["test_accuracy"] == pytest.approx(last["test_accuracy"])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["multitask", "dann"])
+def test_multitask_and_dann_models_shard_under_fsdp(ray_cluster, tmp_path, kind):
+    """FSDP2 shards the wrapped models by their own units (a ModuleDict of heads cannot be one)."""
+    fsdp = {"epochs": 2, "batch_size": 32, "strategy": "fsdp", "optimizer": {"lr": 0.003}}
+    if kind == "multitask":
+        tasks = {"digits": {"data": {"source": "digits"}}, "shapes": {"data": {
+            "source": "synthetic", "image_size": 8, "num_classes": 4, "color_mode": "grayscale", "count": 400}}}
+        path = write_job(tmp_path, "fsdp", kind="multitask", model=SOURCE_MODEL, train=fsdp,
+                         multitask={"tasks": tasks})
+    else:
+        path = write_job(tmp_path, "fsdp", kind="transfer", data={"source": "digits", "shift": {"scale": 0.7}}, train=fsdp,
+                         transfer={"source": {"data": {"source": "digits"}, "model": SOURCE_MODEL}, "strategy": "dann"})
+    summary = run_job(path, kind if kind == "multitask" else "transfer")
+    assert summary["test_accuracy"] > 0.3 and summary["rank_param_checksums"] is None     # sharded
+
+
 def test_multitask_schedules():
     tasks = {"a": {"weight": 1.0, "num_classes": 3}, "b": {"weight": 2.0, "num_classes": 5}}
     rr, prop = MultiTask(tasks, "round_robin", seed=0), MultiTask(tasks, "proportional", seed=0)

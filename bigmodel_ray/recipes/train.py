@@ -6,6 +6,7 @@ again resumes after the last checkpoint; a finished run resumes into just the te
 """
 
 import json
+import re
 import math
 import signal
 import threading
@@ -262,6 +263,10 @@ def _median(values):
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    # Worker errors carry the remote traceback; its last line is the actual exception.
+    # Worker errors carry the remote traceback; its last "SomeError: ..." line is the actual
+    # exception (the message itself may span lines).
+    raised = [line for line in text if re.match(r"[\w.]*(Error|Exception|Interrupt)\b", line)]
+    if raised:
+        return raised[-1][:300]
     tail = [line for line in text if line and not line.startswith(" ")]
     return (tail[-1] if tail else type(e).__name__)[:300]

@@ -104,7 +104,8 @@ def evaluate(model, batches, *, num_classes: int, device, precision="fp32", inpu
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    lockstep = hasattr(model, "set_requires_gradient_sync") and dist.is_initialized()   # FSDP2
+    # FSDP2 (anywhere in the model: a multi-task view wraps the sharded model)
+    lockstep = dist.is_initialized() and any(hasattr(m, "set_requires_gradient_sync") for m in model.modules())
     batches = iter(batches)
     while True:
         batch = next(batches, None)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bigmodel_ray.models import shard_units
 from bigmodel_ray.train.objectives import Classify, prefixed
 from bigmodel_ray.transfer import strategies
 from bigmodel_ray.transfer.dann import DomainClassifier, ganin_lambda
@@ -70,6 +71,10 @@ class DANNModel(nn.Module):
 
     def _keep_features(self, _module, args):
         self._features = args[0]
+
+    def shard_units(self):
+        """FSDP: the classifier's own units, and the domain classifier."""
+        return [*shard_units(self.model), self.domain]
 
     def forward(self, x, lambd: float | None = None):
         logits = self.model(x)
@@ -139,6 +144,10 @@ class MultiTaskModel(nn.Module):
         strategies.set_submodule(model, path, nn.Identity())
         self.backbone = model
         self.heads = nn.ModuleDict({task: nn.Linear(features, n) for task, n in classes.items()})
+
+    def shard_units(self):
+        """FSDP: the backbone's units; the heads stay with the root (only one is used per step)."""
+        return shard_units(self.backbone)
 
     def forward(self, x, task: str):
         return self.heads[task](self.backbone(x))
