@@ -4,8 +4,8 @@ A job file is a mapping with `name`, `kind` and one section per concern. Each se
 one module: `data` -> bigmodel_ray.data, `model` -> bigmodel_ray.models, `train` ->
 bigmodel_ray.train, `resources`/`checkpoint`/`failure` -> the Ray Train run configuration.
 
-Kinds: `train` is implemented here; `compress` and `transfer` reuse these sections and add their
-own. A `search` block turns any job into a Ray Tune sweep over its fields (bigmodel_ray.tune).
+Kinds: `train`; `compress`, `transfer` and `multitask` reuse these sections and add their own
+(`multitask` has per-task data instead of `data`). A `search` block turns any job into a Ray Tune sweep over its fields (bigmodel_ray.tune).
 
 Errors are reported as `FILE: key.path: message (got VALUE)`; see `SpecError`.
 """

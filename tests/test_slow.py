@@ -25,7 +25,8 @@ PREPARE = {"image_folder": ["digits", "--format", "folder"],
 
 @pytest.mark.parametrize("job, floor", [("quickstart", 0.93), ("digits_cnn", 0.97), ("mnist1d_transformer", 0.90),
                                         ("digits_augmented", 0.97), ("synthetic_augmented", 0.95),
-                                        ("image_folder", 0.95), ("parquet", 0.95)])
+                                        ("image_folder", 0.95), ("parquet", 0.95),
+                                        ("digits_multitask", 0.9), ("digits_dann", 0.5)])
 def test_shipped_jobs_reach_their_accuracy(ray_cluster, tmp_path, job, floor):
     overrides = ["--set", f"storage={tmp_path}"]
     if job in PREPARE:

@@ -238,3 +238,24 @@ def test_transfer_checks_the_source_against_the_target(source_run, tmp_path):
             run_job(path, "transfer")
         assert str(e.value).startswith(f"{path}: ") and message in str(e.value), str(e.value)
         assert not (tmp_path / "runs" / "mismatch").exists()       # nothing written for a rejected job
+
+
+@pytest.mark.slow
+def test_transfer_between_two_user_image_folders(ray_cluster, tmp_path):
+    """A user's own domain pair: two image folders (written by `data prepare`, the second from a
+    zoomed-out copy of digits), a source model trained on one and fine-tuned to the other."""
+    shifted = tmp_path / "shifted.yaml"
+    shifted.write_text(yaml.safe_dump({"name": "shifted", "data": {"source": "digits", "shift": {"scale": 0.7}},
+                                       "model": SOURCE_MODEL}))
+    for src, out in (("digits", "upright"), (str(shifted), "zoomed")):
+        assert main(["data", "prepare", src, str(tmp_path / out), "--format", "folder"]) == 0
+    folder = lambda name: {"source": "image_folder", "path": str(tmp_path / name), "color_mode": "grayscale"}  # noqa: E731
+    source = write_job(tmp_path, "folders_source", data=folder("upright"), model=SOURCE_MODEL,
+                       train={"epochs": 6, "batch_size": 32, "optimizer": {"lr": 0.003}})
+    run_job(source, "train")
+    path = write_job(tmp_path, "folders", kind="transfer", data=folder("zoomed"),
+                     transfer={"source": str(tmp_path / "runs" / "folders_source"), "target_labels": 300},
+                     train={"epochs": 6, "batch_size": 32, "optimizer": {"lr": 0.003}})
+    summary = run_job(path, "transfer")
+    assert summary["source_only"]["source_test_accuracy"] > 0.9
+    assert summary["test_accuracy"] > summary["source_only"]["test_accuracy"] + 0.1, summary

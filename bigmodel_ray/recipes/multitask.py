@@ -23,10 +23,8 @@ def cpus_needed(spec: JobSpec) -> float:
 
 
 def plan(spec: JobSpec, source: str) -> train_recipe.Plan:
-    import ray
-
     res, tasks = spec.resources, spec.multitask.tasks
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= res.workers if res.use_gpu == "auto" else res.use_gpu
+    use_gpu = train_recipe.uses_gpu(spec, source)
     needs_state = any(t.data.augment is not None or t.data.on_bad_record == "skip" for t in tasks.values())
     state = start_state() if needs_state else None
     bundles = {name: open_data(t.data, spec, state, source, f"multitask.tasks.{name}.data") for name, t in tasks.items()}

@@ -54,13 +54,8 @@ class Plan:
 
 def plan(spec: JobSpec, source: str) -> Plan:
     """Open the data and check the job against the cluster; a bad job fails here (SpecError)."""
-    import ray
-
     res = spec.resources
-    # auto: GPUs only if every worker gets its own (NCCL cannot put two ranks on one GPU).
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= res.workers if res.use_gpu == "auto" else res.use_gpu
-    if spec.train.precision == "fp16" and not use_gpu:
-        raise SpecError(f"{source}: train.precision: fp16 needs a GPU (none is used here); use bf16 on CPU")
+    use_gpu = uses_gpu(spec, source)
     state = start_state() if spec.data.augment is not None or spec.data.on_bad_record == "skip" else None
     try:
         data = load_data(spec.data, spec.seed, state)
@@ -72,6 +67,18 @@ def plan(spec: JobSpec, source: str) -> Plan:
     except (TypeError, ValueError) as e:
         raise SpecError(f"{source}: model.args: {e}") from None
     return Plan(data, use_gpu, micro_batches(Classify(), data, spec), sum(p.numel() for p in model.parameters()), state)
+
+
+def uses_gpu(spec: JobSpec, source: str) -> bool:
+    """Whether the workers get GPUs. auto: only if every worker gets its own (NCCL cannot put
+    two ranks on one GPU)."""
+    import ray
+
+    res = spec.resources
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= res.workers if res.use_gpu == "auto" else res.use_gpu
+    if spec.train.precision == "fp16" and not use_gpu:
+        raise SpecError(f"{source}: train.precision: fp16 needs a GPU (none is used here); use bf16 on CPU")
+    return use_gpu
 
 
 def micro_batches(objective, data: DataBundle, spec: JobSpec) -> int:

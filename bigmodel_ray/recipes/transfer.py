@@ -82,11 +82,9 @@ def open_data(data_spec: DataSpec, spec: JobSpec, state, source: str, field: str
 def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, train_recipe.Plan, dict]:
     """Both domains' data, the source model with the strategy applied, the objective; and the
     source-only baseline."""
-    import ray
-
     spec, checkpoint = resolve_source(spec, source, say)
     tr, res = spec.transfer, spec.resources
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= res.workers if res.use_gpu == "auto" else res.use_gpu
+    use_gpu = train_recipe.uses_gpu(spec, source)
     needs_state = any(d.augment is not None or d.on_bad_record == "skip" for d in (spec.data, tr.source_data))
     state = start_state() if needs_state else None
     target = open_data(spec.data, spec, state, source, "data")
