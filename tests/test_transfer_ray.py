@@ -259,3 +259,15 @@ def test_transfer_between_two_user_image_folders(ray_cluster, tmp_path):
     summary = run_job(path, "transfer")
     assert summary["source_only"]["source_test_accuracy"] > 0.9
     assert summary["test_accuracy"] > summary["source_only"]["test_accuracy"] + 0.1, summary
+
+
+def test_sweeps_search_strategy_lambda_and_freeze_depth(tmp_path, capsys):
+    space = {"transfer.strategy": "grid([freeze, dann])", "transfer.freeze_stages": "grid([1, 2])",
+             "transfer.dann.lambda_max": "loguniform(0.05, 1.0)", "train.optimizer.lr": "loguniform(1e-4, 1e-2)"}
+    sections = {"kind": "transfer", "data": {"source": "digits", "shift": {"scale": 0.7}},
+                "transfer": {"source": {"data": {"source": "digits"}, "model": SOURCE_MODEL}}}
+    spec = load_job(write_job(tmp_path, "space", **sections, search={"space": space, "num_samples": 2}))
+    assert set(spec.search.space) == set(space)
+    bad = write_job(tmp_path, "badspace", **sections, search={"space": {"transfer.freeze_stages": "grid([-1, 1])"}})
+    assert main(["validate", str(bad)]) == 2
+    assert "search.space.transfer.freeze_stages" in capsys.readouterr().err
