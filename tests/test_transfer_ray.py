@@ -117,7 +117,7 @@ def test_dann_beats_source_only_on_a_designed_shift_over_seeds(ray_cluster, tmp_
     assert min(gains) > 0.15, gains
 
 
-def test_multitask_run_reports_every_task(ray_cluster, tmp_path):
+def test_multitask_run_reports_every_task(ray_cluster, tmp_path, capsys):
     tasks = {"digits": {"data": {"source": "digits"}},
              "inverted": {"data": {"source": "digits", "shift": {"invert": True}}, "weight": 0.5}}
     path = write_job(tmp_path, "multi", kind="multitask", model=SOURCE_MODEL,
@@ -129,6 +129,9 @@ def test_multitask_run_reports_every_task(ray_cluster, tmp_path):
         assert last[f"{split}_accuracy"] == pytest.approx(sum(accuracies) / 2)
         assert min(accuracies) > 0.5
     assert summary["test_accuracy"] == pytest.approx(last["test_accuracy"])
+    # A backbone with two heads is not one classifier: export refuses it in one line.
+    assert main(["export", str(tmp_path / "runs" / "multi")]) == 2
+    assert "is a multitask checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -33,7 +33,11 @@ def load_any(path: Path) -> tuple[torch.nn.Module, tuple[int, ...], Path]:
         model = load_program(path)
         return model, tuple(json.loads(info.read_text())["input_shape"]), path.with_suffix(".onnx")
     if (path / STATE_FILE).exists():
-        return load_model(path), tuple(read_state(path)["meta"]["input_shape"]), path / "model.onnx"
+        try:
+            model = load_model(path)
+        except ValueError as e:
+            raise SpecError(f"{path}: cannot be exported ({e})") from None
+        return model, tuple(read_state(path)["meta"]["input_shape"]), path / "model.onnx"
     result_file = path / "result.json"
     if result_file.exists():
         result = json.loads(result_file.read_text())

@@ -92,7 +92,10 @@ def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, train_recipe.P
     if target.input_shape != src.input_shape:
         raise SpecError(f"{source}: data: target inputs are {list(target.input_shape)}, the source model's "
                         f"{list(src.input_shape)}; give data.target_size or the source's shape")
-    model = load_model(checkpoint)
+    try:
+        model = load_model(checkpoint)
+    except ValueError as e:
+        raise SpecError(f"{source}: transfer.source: {e}") from None
     same_classes = target.num_classes == src.num_classes
     if tr.strategy == "dann" and not same_classes:
         raise SpecError(f"{source}: transfer.strategy: dann needs the same classes in both domains "

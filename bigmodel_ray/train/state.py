@@ -88,6 +88,9 @@ def load_model(directory: str | Path) -> "torch.nn.Module":
 
     state = read_state(directory)
     meta = state["meta"]
+    if meta.get("kind") == "multitask":
+        raise ValueError(f"{directory} is a multitask checkpoint (a shared backbone and one head per task), "
+                         f"not one classifier")
     model = build_model(meta["model"]["name"], tuple(meta["input_shape"]), meta["num_classes"], **meta["model"]["args"])
     model.load_state_dict(state["model"])
     return model.eval()

@@ -158,7 +158,8 @@ def train_worker(config: dict) -> dict:
     def num_classes_of(name):
         return config.get("num_classes_of", {}).get(name, num_classes)
 
-    meta = {"model": spec.model.model_dump(), "input_shape": list(input_shape), "num_classes": num_classes}
+    meta = {"model": spec.model.model_dump(), "input_shape": list(input_shape), "num_classes": num_classes,
+            "kind": spec.kind}
     test = None
     for epoch in range(epochs_done, t.epochs):
         if pipeline_state is not None:     # before asking for the epoch's data: its tasks read it
