@@ -93,7 +93,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     if spec.kind == "transfer":
         from bigmodel_ray.transfer import report
 
-        summary["matrix"] = report.write_matrix(sweep_dir, records, source_only, search, say)
+        summary["matrix"] = report.write_matrix(sweep_dir, records, source_only, search, spec.transfer.strategy, say)
     (sweep_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     results.print_table(results.table(records, search.metrics), search, say)
     unfinished = [r for r in records if r.status == "unfinished"]

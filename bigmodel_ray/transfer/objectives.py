@@ -23,13 +23,25 @@ from bigmodel_ray.transfer.dann import DomainClassifier, ganin_lambda
 SOURCE_TEST = "source_test"
 
 
-class FineTune(Classify):
+class BothDomains(Classify):
+    """Classification evaluated on the target, and at the end also on the source's test split."""
+
+    source_test = True       # false when the head was replaced: the source's classes have none
+
+    def evaluate(self, run_eval, model, split):
+        out = super().evaluate(run_eval, model, split)
+        if split == "test" and self.source_test:
+            out |= prefixed(SOURCE_TEST, run_eval(SOURCE_TEST, model))
+        return out
+
+
+class FineTune(BothDomains):
     """Supervised fine-tuning on the target's `train` split with a strategy from strategies.py."""
 
     def __init__(self, strategy: str, freeze_stages: int = 0, backbone_lr_factor: float = 0.1,
                  unfreeze_every: int = 1, source_test: bool = True):
         super().__init__()
-        self.source_test = source_test     # false when the head was replaced: other classes
+        self.source_test = source_test
         self.strategy, self.freeze_stages = strategy, freeze_stages
         self.backbone_lr_factor, self.unfreeze_every = backbone_lr_factor, unfreeze_every
 
@@ -47,13 +59,6 @@ class FineTune(Classify):
             return []
         trainable = strategies.gradual_trainable(model, epoch, self.unfreeze_every)
         return [p for p in model.parameters() if p not in trainable]
-
-    def evaluate(self, run_eval, model, split):
-        out = super().evaluate(run_eval, model, split)
-        if split == "test" and self.source_test:
-            out |= prefixed(SOURCE_TEST, run_eval(SOURCE_TEST, model))
-        return out
-
 
 class DANNModel(nn.Module):
     """The classifier and a domain classifier on its features (the classifier's input).
@@ -84,7 +89,7 @@ class DANNModel(nn.Module):
         return logits, self.domain(features, lambd)
 
 
-class DANN(Classify):
+class DANN(BothDomains):
     """L_src(labelled source batch) + L_adv(domain of source and unlabelled target batches),
     the adversarial weight rising on Ganin et al.'s schedule over the run (`lambda_max` at the end).
 
@@ -120,13 +125,6 @@ class DANN(Classify):
         is_target = torch.cat([torch.zeros(len(xs)), torch.ones(len(xt))]).to(domain.device)
         classify = F.cross_entropy(logits[:len(xs)].float(), ys)
         return classify + F.binary_cross_entropy_with_logits(domain.float(), is_target), len(ys)
-
-    def evaluate(self, run_eval, model, split):
-        out = prefixed(split, run_eval(split, model))
-        if split == "test":
-            out |= prefixed(SOURCE_TEST, run_eval(SOURCE_TEST, model))
-        return out
-
 
 def _cycle(stream, epoch: int):
     """A stream's batches, restarted (with a new order) whenever it runs out."""

@@ -38,9 +38,9 @@ def matrix(records, source_only: dict, metric: str, mode: str, fixed_strategy: s
     return frame
 
 
-def write_matrix(sweep_dir: Path, records, source_only: dict, search, say=print) -> list[dict]:
-    fixed = _fixed_strategy(sweep_dir)
-    frame = matrix(records, source_only, search.metrics[0], search.modes[0], fixed)
+def write_matrix(sweep_dir: Path, records, source_only: dict, search, strategy: str, say=print) -> list[dict]:
+    """`strategy`: the job's own, for trials that do not search it."""
+    frame = matrix(records, source_only, search.metrics[0], search.modes[0], strategy)
     frame.to_csv(sweep_dir / "matrix.csv", index=False)
     (sweep_dir / "matrix.md").write_text(to_markdown(frame))
     plot(frame, sweep_dir / "matrix.png")
@@ -74,13 +74,6 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _fixed_strategy(sweep_dir: Path) -> str:
-    import yaml
-
-    spec = yaml.safe_load((sweep_dir / "spec.yaml").read_text())
-    return spec["transfer"]["strategy"]
 
 
 def _cell(v, column: str) -> str:
