@@ -22,6 +22,7 @@ test-slow: $(BIN)/bigmodel-ray
 	$(BIN)/python -m pytest -q -m slow --durations=10
 
 bench: $(BIN)/bigmodel-ray
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/ddp_overhead.py
 
 clean:

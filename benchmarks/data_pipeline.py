@@ -244,22 +244,19 @@ def _timed_pass(batches) -> tuple[float, int, float]:
 _BARE = {}
 
 
-def _bare_init(path: str, spec_json: str) -> None:
-    """A bare-op worker process: the encoded bytes in memory, the pipeline's transform, one thread."""
-    import pyarrow.parquet as pq
+def _bare_init(path: str, transform, rows: int) -> None:
+    """A bare-op worker process: the encoded bytes in memory, the pipeline's transform, one thread.
 
-    from bigmodel_ray.data import open_pipeline
-    from bigmodel_ray.data.pipeline import batch_rows
-    from bigmodel_ray.spec import DataSpec
+    It gets the parent's `Transform` rather than opening the data spec: opening a parquet source
+    plans Ray Datasets, which would start a Ray instance in each of these processes.
+    """
+    import pyarrow.parquet as pq
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    spec = DataSpec.model_validate_json(spec_json)
-    _, fmt, _, transform, _ = open_pipeline(spec, seed=0)
     table = pq.read_table(Path(path) / "train", columns=["image", "label"])
     blobs, labels = table.column("image").to_pylist(), table.column("label").to_numpy()
-    rows = batch_rows(fmt)
-    _BARE["t"] = transform("train")
+    _BARE["t"] = transform
     _BARE["batches"] = [{"image": np.array(blobs[i:i + rows], dtype=object), "label": labels[i:i + rows],
                          "path": np.array(["bench"] * len(blobs[i:i + rows])),
                          "row_hash": np.arange(i, i + len(blobs[i:i + rows]), dtype=np.uint64)}
@@ -320,7 +317,7 @@ def measure_pipeline(path: Path, rounds: int) -> dict:
     import multiprocessing
 
     cores = min(int(ray.cluster_resources().get("CPU", 1)), os.cpu_count() or 1)
-    pool = multiprocessing.get_context("forkserver").Pool(cores, _bare_init, (str(path), spec.model_dump_json()))
+    pool = multiprocessing.get_context("forkserver").Pool(cores, _bare_init, (str(path), t, rows))
 
     def bare_parallel():
         start = time.perf_counter()
