@@ -197,7 +197,7 @@ class ResourcesSpec(_Section):
     data_cpus: float = Field(1.0, gt=0, description="CPUs kept free for Ray Data's read/decode/augment tasks; "
                                                      "the embedded Ray counts them on top of the trainers'")
     data_memory_mb: int = Field(256, ge=64, description="object-store memory the data pipeline may fill ahead of "
-                                                          "training; the embedded Ray's store is twice this")
+                                                          "training; the embedded Ray's object store is 4x this")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: one GPU per worker when the cluster has GPUs")
 
     @field_validator("use_gpu", mode="before")
