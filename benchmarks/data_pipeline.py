@@ -244,23 +244,30 @@ def _timed_pass(batches) -> tuple[float, int, float]:
 _BARE = {}
 
 
+def _stored_batches(path: Path, rows: int) -> tuple[list[bytes], np.ndarray, list[dict]]:
+    """The train split's encoded images and labels, read once, and as the pipeline's stored-row
+    batches of `rows` rows (what `pipeline.transform_batch` takes)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path / "train", columns=["image", "label"])
+    blobs, labels = table.column("image").to_pylist(), table.column("label").to_numpy()
+    batches = [{"image": np.array(blobs[i:i + rows], dtype=object), "label": labels[i:i + rows],
+                "path": np.array(["bench"] * len(blobs[i:i + rows])),
+                "row_hash": np.arange(i, i + len(blobs[i:i + rows]), dtype=np.uint64)}
+               for i in range(0, len(blobs), rows)]
+    return blobs, labels, batches
+
+
 def _bare_init(path: str, transform, rows: int) -> None:
     """A bare-op worker process: the encoded bytes in memory, the pipeline's transform, one thread.
 
     It gets the parent's `Transform` rather than opening the data spec: opening a parquet source
     plans Ray Datasets, which would start a Ray instance in each of these processes.
     """
-    import pyarrow.parquet as pq
-
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    table = pq.read_table(Path(path) / "train", columns=["image", "label"])
-    blobs, labels = table.column("image").to_pylist(), table.column("label").to_numpy()
     _BARE["t"] = transform
-    _BARE["batches"] = [{"image": np.array(blobs[i:i + rows], dtype=object), "label": labels[i:i + rows],
-                         "path": np.array(["bench"] * len(blobs[i:i + rows])),
-                         "row_hash": np.arange(i, i + len(blobs[i:i + rows]), dtype=np.uint64)}
-                        for i in range(0, len(blobs), rows)]
+    _BARE["batches"] = _stored_batches(Path(path), rows)[2]
 
 
 def _bare_share(share: tuple[int, int]) -> tuple[int, float]:
@@ -274,7 +281,6 @@ def _bare_share(share: tuple[int, int]) -> tuple[int, float]:
 
 
 def measure_pipeline(path: Path, rounds: int) -> dict:
-    import pyarrow.parquet as pq
     import ray
 
     from bigmodel_ray.data import load_data, open_pipeline
@@ -286,13 +292,8 @@ def measure_pipeline(path: Path, rounds: int) -> dict:
     # bare op: the pipeline's own per-batch function, one process, on the bytes read once
     _, fmt, _, transform, _ = open_pipeline(spec, seed=0)
     t = transform("train")
-    table = pq.read_table(path / "train", columns=["image", "label"])
-    blobs, labels = table.column("image").to_pylist(), table.column("label").to_numpy()
     rows = batch_rows(fmt)
-    batches = [{"image": np.array(blobs[i:i + rows], dtype=object), "label": labels[i:i + rows],
-                "path": np.array(["bench"] * len(blobs[i:i + rows])),
-                "row_hash": np.arange(i, i + len(blobs[i:i + rows]), dtype=np.uint64)}
-               for i in range(0, len(blobs), rows)]
+    blobs, labels, batches = _stored_batches(path, rows)
 
     def bare():
         start = time.perf_counter()

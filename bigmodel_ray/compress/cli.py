@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 def load_any(path: Path) -> tuple[torch.nn.Module, tuple[int, ...], Path]:
     """(model, input shape, where the ONNX file goes by default)."""
-    from bigmodel_ray.train.state import STATE_FILE, load_model, read_state
+    from bigmodel_ray.train.state import STATE_FILE, load_classifier, read_state
 
     if path.suffix == ".pt2":
         info = path.with_suffix(".json")
@@ -33,10 +33,7 @@ def load_any(path: Path) -> tuple[torch.nn.Module, tuple[int, ...], Path]:
         model = load_program(path)
         return model, tuple(json.loads(info.read_text())["input_shape"]), path.with_suffix(".onnx")
     if (path / STATE_FILE).exists():
-        try:
-            model = load_model(path)
-        except ValueError as e:
-            raise SpecError(f"{path}: cannot be exported ({e})") from None
+        model = load_classifier(path, f"{path}: cannot be exported")
         return model, tuple(read_state(path)["meta"]["input_shape"]), path / "model.onnx"
     result_file = path / "result.json"
     if result_file.exists():

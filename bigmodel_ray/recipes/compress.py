@@ -25,7 +25,7 @@ from bigmodel_ray.spec import JobSpec, SpecError, dump, validate
 from bigmodel_ray.train.inputs import ModelInputs
 from bigmodel_ray.train.objectives import Distill
 from bigmodel_ray.train.shards import EvalBatches
-from bigmodel_ray.train.state import load_model, read_state
+from bigmodel_ray.train.state import load_classifier, read_state
 from bigmodel_ray.train.steps import evaluate
 from bigmodel_ray.tune.results import pareto_mask
 
@@ -58,10 +58,7 @@ def resolve_teacher(spec: JobSpec, source: str, say) -> tuple[torch.nn.Module, P
             raise SpecError(f"{source}: compress.teacher: {run_dir} is not a finished train run "
                             f"(no result.json with a checkpoint)")
     checkpoint = Path(json.loads((run_dir / train_recipe.RESULT_FILE).read_text())["checkpoint"])
-    try:
-        return load_model(checkpoint), checkpoint
-    except ValueError as e:
-        raise SpecError(f"{source}: compress.teacher: {e}") from None
+    return load_classifier(checkpoint, f"{source}: compress.teacher"), checkpoint
 
 
 def finished(run_dir: Path, epochs: int | None = None) -> bool:

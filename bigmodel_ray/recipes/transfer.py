@@ -25,7 +25,7 @@ from bigmodel_ray.recipes import train as train_recipe
 from bigmodel_ray.spec import DataSpec, JobSpec, SpecError, validate
 from bigmodel_ray.train.inputs import ModelInputs
 from bigmodel_ray.train.shards import EvalBatches
-from bigmodel_ray.train.state import load_model, read_state, save_state
+from bigmodel_ray.train.state import load_classifier, read_state, save_state
 from bigmodel_ray.train.steps import evaluate
 from bigmodel_ray.transfer import strategies
 from bigmodel_ray.transfer.objectives import DANN, SOURCE_TEST, FineTune
@@ -92,10 +92,7 @@ def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, train_recipe.P
     if target.input_shape != src.input_shape:
         raise SpecError(f"{source}: data: target inputs are {list(target.input_shape)}, the source model's "
                         f"{list(src.input_shape)}; give data.target_size or the source's shape")
-    try:
-        model = load_model(checkpoint)
-    except ValueError as e:
-        raise SpecError(f"{source}: transfer.source: {e}") from None
+    model = load_classifier(checkpoint, f"{source}: transfer.source")
     same_classes = target.num_classes == src.num_classes
     if tr.strategy == "dann" and not same_classes:
         raise SpecError(f"{source}: transfer.strategy: dann needs the same classes in both domains "

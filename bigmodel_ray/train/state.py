@@ -94,3 +94,14 @@ def load_model(directory: str | Path) -> "torch.nn.Module":
     model = build_model(meta["model"]["name"], tuple(meta["input_shape"]), meta["num_classes"], **meta["model"]["args"])
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def load_classifier(directory: str | Path, where: str) -> "torch.nn.Module":
+    """`load_model` for a job's input: a checkpoint that is not one classifier (a multitask run)
+    is the job's error, prefixed with `where` (file and key)."""
+    from bigmodel_ray.spec import SpecError
+
+    try:
+        return load_model(directory)
+    except ValueError as e:
+        raise SpecError(f"{where}: {e}") from None
