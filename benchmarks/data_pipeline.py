@@ -42,6 +42,12 @@ every number and ratio.
      Ray / DataLoader. Target >= 1.0.
    8,000 images by default: each pass (epoch) of a Ray Data pipeline starts a streaming
    executor (~0.9 s here) before its first batch; real epochs are far longer than that.
+   Where the CPU went: around each pass of the bare op xN, Ray Data and the DataLoader, the
+   CPU-s used by each process this one started (psutil), grouped (this process = the consumer,
+   and for Ray also its streaming executor thread; Ray Data's task workers; Ray's own processes:
+   raylet, GCS, dashboard, actors; pool or DataLoader workers), and the machine's idle CPU-s
+   (/proc/stat). From these: the most a pipeline could reach against the bare op if no CPU stood
+   idle = the bare op's busy CPU-s per pass / the pipeline's.
 
 3. Peak memory of a whole training job (`python -m bigmodel_ray run JOB`, 2 workers, cnn2d with
    channels [16, 32] and stem_stride 4, batch 32, `--epochs` epochs, augmentation on) on parquet
@@ -280,6 +286,55 @@ def _bare_share(share: tuple[int, int]) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
+def _machine_idle_s() -> float:
+    """CPU-seconds the whole machine has been idle (/proc/stat: idle + iowait)."""
+    fields = open("/proc/stat").readline().split()[1:]
+    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_process() -> dict[int, tuple[str, float]]:
+    """pid -> (name, CPU-s used so far) for this process and everything it started (Ray's
+    processes, pool and DataLoader workers)."""
+    import psutil
+
+    me = psutil.Process()
+    out = {}
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            out[p.pid] = (p.name(), t.user + t.system)
+        except psutil.Error:           # gone meanwhile
+            pass
+    return out
+
+
+def _cpu_groups(before: dict, after: dict) -> dict[str, float]:
+    """CPU-s used between two snapshots: this process (the consumer; for Ray also its streaming
+    executor thread), Ray Data's task workers, Ray's own processes, other child processes."""
+    groups = {"driver": 0.0, "data_tasks": 0.0, "ray_system": 0.0, "workers": 0.0}
+    for pid, (name, cpu) in after.items():
+        used = cpu - before.get(pid, (name, 0.0))[1]
+        if pid == os.getpid():
+            groups["driver"] += used
+        elif name.startswith(("ray::IDLE", "ray::ReadParquet", "ray::MapBatches", "ray::ReadRange")):
+            groups["data_tasks"] += used      # a worker's name follows the task it runs
+        elif name.startswith("ray") or name in ("gcs_server", "raylet") or "dashboard" in name:
+            groups["ray_system"] += used
+        else:
+            groups["workers"] += used          # bare-op pool / DataLoader workers
+    return groups
+
+
+def _accounted(run) -> tuple[float, dict[str, float]]:
+    """run() -> img/s, with the CPU-s each group of processes used during it and the machine's idle CPU-s."""
+    before, idle, start = _cpu_by_process(), _machine_idle_s(), time.perf_counter()
+    rate = run()
+    use = _cpu_groups(before, _cpu_by_process())
+    use["idle"] = _machine_idle_s() - idle
+    use["wall"] = time.perf_counter() - start
+    return rate, use
+
+
 def measure_pipeline(path: Path, rounds: int) -> dict:
     import ray
 
@@ -333,11 +388,13 @@ def measure_pipeline(path: Path, rounds: int) -> dict:
 
     warm = {"bare": bare(), "bare_parallel": bare_parallel(), "ray": ray_pass(), "dataloader": loader_pass()}
     rates = {"bare": [], "bare_parallel": [], "ray": [], "dataloader": []}
+    cpu = {"bare_parallel": [], "ray": [], "dataloader": []}
     for r in range(rounds):
         rates["bare"].append(bare())
-        rates["bare_parallel"].append(bare_parallel())
-        rates["ray"].append(ray_pass())
-        rates["dataloader"].append(loader_pass())
+        for name, run in (("bare_parallel", bare_parallel), ("ray", ray_pass), ("dataloader", loader_pass)):
+            rate, use = _accounted(run)
+            rates[name].append(rate)
+            cpu[name].append(use)
         print(f"  pipeline round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()) + " img/s",
               flush=True)
     del loader
@@ -354,10 +411,23 @@ def measure_pipeline(path: Path, rounds: int) -> dict:
         "dataloader_img_s": statistics.median(rates["dataloader"]),
         "bare_parallel_img_s": statistics.median(rates["bare_parallel"]),
         "efficiency": statistics.median(r / (b * cores) for r, b in zip(rates["ray"], rates["bare"])),
+        "dataloader_over_bare_parallel": statistics.median(d / b for d, b in zip(rates["dataloader"], rates["bare_parallel"])),
+        # CPU-s per pass by group (median over rounds), and what the pipeline could reach on these
+        # cores if no CPU stood idle: the bare op's CPU-s per pass over the pipeline's busy CPU-s.
+        "cpu_s_per_pass": {name: {k: round(statistics.median(u[k] for u in uses), 2) for k in uses[0]}
+                           for name, uses in cpu.items()},
+        "ray_ceiling_at_zero_idle": statistics.median(
+            _busy(b) / _busy(u) for b, u in zip(cpu["bare_parallel"], cpu["ray"])),
+        "dataloader_ceiling_at_zero_idle": statistics.median(
+            _busy(b) / _busy(u) for b, u in zip(cpu["bare_parallel"], cpu["dataloader"])),
         "ray_over_bare_parallel": statistics.median(r / b for r, b in zip(rates["ray"], rates["bare_parallel"])),
         "ray_over_dataloader": statistics.median(r / d for r, d in zip(rates["ray"], rates["dataloader"])),
         "warmup": warm, "rounds": rates,
     }
+
+
+def _busy(use: dict[str, float]) -> float:
+    return use["driver"] + use["data_tasks"] + use["ray_system"] + use["workers"]
 
 
 # ---------------------------------------------------------------------------- 3. memory
@@ -588,7 +658,19 @@ def main():
               f"{pipe['map_tasks_per_pass']} task(s) per pass; first batch after {pipe['ray_first_batch_s']:.1f}s, "
               f"{pipe['ray_img_s_after_first_batch']:,.0f} img/s from there)")
         print(f"   {'torch DataLoader, 2 workers':<34}{pipe['dataloader_img_s']:>9,.0f}  ray / DataLoader = "
-              f"{pipe['ray_over_dataloader']:.2f}  (target >= 1.0)")
+              f"{pipe['ray_over_dataloader']:.2f}  (target >= 1.0); DataLoader / bare op on the same cores = "
+              f"{pipe['dataloader_over_bare_parallel']:.2f}")
+        print(f"   where the CPU went, CPU-s per pass (median), machine of {os.cpu_count()} CPUs:")
+        for name, label in (("bare_parallel", "bare op"), ("ray", "Ray Data"), ("dataloader", "DataLoader")):
+            use = pipe["cpu_s_per_pass"][name]
+            parts = {"bare_parallel": [("workers", "op processes"), ("driver", "parent")],
+                     "ray": [("data_tasks", "decode/augment tasks"), ("driver", "consumer + executor"),
+                             ("ray_system", "raylet, GCS, actors")],
+                     "dataloader": [("workers", "workers"), ("driver", "consumer")]}[name]
+            print(f"     {label:<11}{use['wall']:5.2f} s: " + ", ".join(f"{text} {use[k]:.2f}" for k, text in parts)
+                  + f", idle {use['idle']:.2f}")
+        print(f"   with no CPU idle, the most the bare op's CPU-s allow: Ray Data {pipe['ray_ceiling_at_zero_idle']:.2f} "
+              f"of the bare op, DataLoader {pipe['dataloader_ceiling_at_zero_idle']:.2f}")
     if "memory" in res:
         mem = res["memory"]
         print("3. training job peak memory (summed over its process tree, sampled every 0.5 s)")
