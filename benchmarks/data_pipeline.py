@@ -288,7 +288,8 @@ def _bare_share(share: tuple[int, int]) -> tuple[int, float]:
 
 def _machine_idle_s() -> float:
     """CPU-seconds the whole machine has been idle (/proc/stat: idle + iowait)."""
-    fields = open("/proc/stat").readline().split()[1:]
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
     return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -428,6 +429,15 @@ def measure_pipeline(path: Path, rounds: int) -> dict:
 
 def _busy(use: dict[str, float]) -> float:
     return use["driver"] + use["data_tasks"] + use["ray_system"] + use["workers"]
+
+
+# What each pass's CPU report shows: (pass, label, [(group, what it is there)]).
+CPU_REPORT = (
+    ("bare_parallel", "bare op", [("workers", "op processes"), ("driver", "parent")]),
+    ("ray", "Ray Data", [("data_tasks", "decode/augment tasks"), ("driver", "consumer + executor"),
+                         ("ray_system", "raylet, GCS, actors")]),
+    ("dataloader", "DataLoader", [("workers", "workers"), ("driver", "consumer")]),
+)
 
 
 # ---------------------------------------------------------------------------- 3. memory
@@ -661,12 +671,8 @@ def main():
               f"{pipe['ray_over_dataloader']:.2f}  (target >= 1.0); DataLoader / bare op on the same cores = "
               f"{pipe['dataloader_over_bare_parallel']:.2f}")
         print(f"   where the CPU went, CPU-s per pass (median), machine of {os.cpu_count()} CPUs:")
-        for name, label in (("bare_parallel", "bare op"), ("ray", "Ray Data"), ("dataloader", "DataLoader")):
+        for name, label, parts in CPU_REPORT:
             use = pipe["cpu_s_per_pass"][name]
-            parts = {"bare_parallel": [("workers", "op processes"), ("driver", "parent")],
-                     "ray": [("data_tasks", "decode/augment tasks"), ("driver", "consumer + executor"),
-                             ("ray_system", "raylet, GCS, actors")],
-                     "dataloader": [("workers", "workers"), ("driver", "consumer")]}[name]
             print(f"     {label:<11}{use['wall']:5.2f} s: " + ", ".join(f"{text} {use[k]:.2f}" for k, text in parts)
                   + f", idle {use['idle']:.2f}")
         print(f"   with no CPU idle, the most the bare op's CPU-s allow: Ray Data {pipe['ray_ceiling_at_zero_idle']:.2f} "
