@@ -12,7 +12,7 @@ import yaml
 from bigmodel_ray.cli import main
 from bigmodel_ray.models import build_model
 from bigmodel_ray.spec import SpecError, load_job
-from bigmodel_ray.train.state import load_model, read_state
+from bigmodel_ray.train.state import load_model, read_state, save_state
 from bigmodel_ray.transfer import strategies
 from bigmodel_ray.transfer.objectives import MultiTask, MultiTaskModel
 
@@ -129,9 +129,29 @@ def test_multitask_run_reports_every_task(ray_cluster, tmp_path, capsys):
         assert last[f"{split}_accuracy"] == pytest.approx(sum(accuracies) / 2)
         assert min(accuracies) > 0.5
     assert summary["test_accuracy"] == pytest.approx(last["test_accuracy"])
-    # A backbone with two heads is not one classifier: export refuses it in one line.
-    assert main(["export", str(tmp_path / "runs" / "multi")]) == 2
+    # A backbone with two heads is not one classifier: export refuses it in one line, or takes one task's.
+    run_dir = tmp_path / "runs" / "multi"
+    assert main(["export", str(run_dir)]) == 2
     assert "is a multitask checkpoint" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--task", "rotated"]) == 2
+    assert "no task 'rotated'" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--task", "inverted"]) == 0
+    assert "argmax agreement 1.0000" in capsys.readouterr().out and (run_dir / "model-inverted.onnx").exists()
+
+
+def test_one_tasks_classifier_out_of_a_multitask_checkpoint(tmp_path):
+    """Backbone + one head, as the job's own architecture: the same outputs as that task's view."""
+    torch.manual_seed(0)
+    model = MultiTaskModel(build_model("cnn2d", (1, 8, 8), 10), {"a": 3, "b": 7}).eval()
+    meta = {"model": {"name": "cnn2d", "args": {}}, "input_shape": [1, 8, 8], "num_classes": 3, "kind": "multitask"}
+    save_state({"model": model.state_dict(), "meta": meta}, tmp_path)
+    x = torch.randn(5, 1, 8, 8)
+    for task in ("a", "b"):
+        classifier = load_model(tmp_path, task)
+        assert type(classifier) is type(model.backbone)
+        torch.testing.assert_close(classifier(x), model(x, task), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"one head per task: a, b\), not one classifier"):
+        load_model(tmp_path)
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """`bigmodel-ray export CKPT --format onnx`: any checkpoint to ONNX, checked against onnxruntime.
 
 CKPT: a train run folder (its last checkpoint), a checkpoint folder (state.pt), a compress run
-folder (its selected candidate), or a candidate's `.pt2` file from a compress run.
+folder (its selected candidate), or a candidate's `.pt2` file from a compress run. A multitask
+run holds a classifier per task: `--task NAME` exports that one (the backbone and its head).
 """
 
 import json
@@ -16,15 +17,18 @@ def add_parser(sub) -> None:
     c = sub.add_parser("export", help="export a checkpoint to ONNX and check it against onnxruntime")
     c.add_argument("checkpoint", help="run folder, checkpoint folder, or a compress candidate .pt2")
     c.add_argument("--format", default="onnx", choices=("onnx",))
-    c.add_argument("--out", help="output file (default: model.onnx next to the checkpoint)")
+    c.add_argument("--out", help="output file (default: model.onnx, or model-TASK.onnx, next to the checkpoint)")
+    c.add_argument("--task", help="a multitask run: the task whose classifier to export")
     c.add_argument("--threads", type=int, default=1, help="threads for the latency check")
 
 
-def load_any(path: Path) -> tuple[torch.nn.Module, tuple[int, ...], Path]:
+def load_any(path: Path, task: str | None = None) -> tuple[torch.nn.Module, tuple[int, ...], Path]:
     """(model, input shape, where the ONNX file goes by default)."""
     from bigmodel_ray.train.state import STATE_FILE, load_classifier, read_state
 
     if path.suffix == ".pt2":
+        if task is not None:
+            raise SpecError(f"{path}: --task picks a multitask run's classifier; a compress candidate has one")
         info = path.with_suffix(".json")
         if not path.exists() or not info.exists():
             raise SpecError(f"{path}: not a compress candidate (needs {path.name} and {info.name})")
@@ -33,24 +37,25 @@ def load_any(path: Path) -> tuple[torch.nn.Module, tuple[int, ...], Path]:
         model = load_program(path)
         return model, tuple(json.loads(info.read_text())["input_shape"]), path.with_suffix(".onnx")
     if (path / STATE_FILE).exists():
-        model = load_classifier(path, f"{path}: cannot be exported")
-        return model, tuple(read_state(path)["meta"]["input_shape"]), path / "model.onnx"
+        model = load_classifier(path, f"{path}: cannot be exported", task,
+                                hint="" if task else "; --task NAME exports one task's classifier")
+        return model, tuple(read_state(path)["meta"]["input_shape"]), path / f"model{'-' + task if task else ''}.onnx"
     result_file = path / "result.json"
     if result_file.exists():
         result = json.loads(result_file.read_text())
         if result.get("selected"):                                    # a compress run
-            model, shape, _ = load_any(path / "candidates" / f"{result['selected']}.pt2")
+            model, shape, _ = load_any(path / "candidates" / f"{result['selected']}.pt2", task)
             return model, shape, path / f"{result['selected']}.onnx"
         if result.get("checkpoint"):                                  # a train run
-            model, shape, _ = load_any(Path(result["checkpoint"]))
-            return model, shape, path / "model.onnx"
+            model, shape, default_out = load_any(Path(result["checkpoint"]), task)
+            return model, shape, path / default_out.name
     raise SpecError(f"{path}: not a run folder, checkpoint folder or .pt2 candidate")
 
 
 def run(args) -> int:
     from bigmodel_ray.compress import export, measure
 
-    model, shape, default_out = load_any(Path(args.checkpoint).expanduser())
+    model, shape, default_out = load_any(Path(args.checkpoint).expanduser(), args.task)
     out = Path(args.out) if args.out else default_out
     x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(0))
     try:

@@ -7,6 +7,7 @@ plain containers.
 """
 
 import random
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -82,26 +83,52 @@ def restore_state(state: dict, model, optimizer, scheduler, scaler, rank: int) -
     return state["epoch"]
 
 
-def load_model(directory: str | Path) -> "torch.nn.Module":
-    """The trained model in a checkpoint folder, rebuilt from the architecture its state records."""
+def load_model(directory: str | Path, task: str | None = None) -> "torch.nn.Module":
+    """The trained model in a checkpoint folder, rebuilt from the architecture its state records.
+
+    A multitask checkpoint holds one backbone and a head per task: `task` picks one, and the
+    result is that task's classifier as a plain model (the job's architecture with the task's
+    head as its classifier), so export and every other single-classifier path take it as is.
+    """
     from bigmodel_ray.models import build_model
 
     state = read_state(directory)
-    meta = state["meta"]
+    meta, weights = state["meta"], state["model"]
+    build = partial(build_model, meta["model"]["name"], tuple(meta["input_shape"]), **meta["model"]["args"])
     if meta.get("kind") == "multitask":
-        raise ValueError(f"{directory} is a multitask checkpoint (a shared backbone and one head per task), "
-                         f"not one classifier")
-    model = build_model(meta["model"]["name"], tuple(meta["input_shape"]), meta["num_classes"], **meta["model"]["args"])
-    model.load_state_dict(state["model"])
+        model = _task_classifier(directory, weights, task, build)
+    elif task is not None:
+        raise ValueError(f"{directory} is a single classifier, not a multitask checkpoint: it has no task {task!r}")
+    else:
+        model = build(meta["num_classes"])
+        model.load_state_dict(weights)
     return model.eval()
 
 
-def load_classifier(directory: str | Path, where: str) -> "torch.nn.Module":
+def _task_classifier(directory, weights: dict, task: str | None, build) -> "torch.nn.Module":
+    """Backbone + one head of a multitask state (transfer/objectives.py: MultiTaskModel's keys)."""
+    from bigmodel_ray.transfer.strategies import classifier_path
+
+    tasks = list(dict.fromkeys(key.split(".")[1] for key in weights if key.startswith("heads.")))
+    if task not in tasks:
+        which = f"no task {task!r}" if task is not None else "not one classifier"
+        raise ValueError(f"{directory} is a multitask checkpoint (a shared backbone and one head per task: "
+                         f"{', '.join(tasks)}), {which}")
+    model = build(weights[f"heads.{task}.weight"].shape[0])
+    head = classifier_path(model)
+    own = {key.removeprefix("backbone."): value for key, value in weights.items() if key.startswith("backbone.")}
+    own |= {f"{head}.{name}": weights[f"heads.{task}.{name}"] for name in ("weight", "bias")}
+    model.load_state_dict(own)
+    return model
+
+
+def load_classifier(directory: str | Path, where: str, task: str | None = None,
+                    hint: str = "") -> "torch.nn.Module":
     """`load_model` for a job's input: a checkpoint that is not one classifier (a multitask run)
     is the job's error, prefixed with `where` (file and key)."""
     from bigmodel_ray.spec import SpecError
 
     try:
-        return load_model(directory)
+        return load_model(directory, task)
     except ValueError as e:
-        raise SpecError(f"{where}: {e}") from None
+        raise SpecError(f"{where}: {e}{hint}") from None
