@@ -280,6 +280,8 @@ class SelectSpec(_Section):
 class CompressSpec(_Section):
     teacher: str | None = Field(None, description="a finished train run folder; none: train this job's own "
                                                   "data/model/train sections first (<name>-teacher)")
+    teacher_task: str | None = Field(None, description="a multitask teacher run: the task whose classifier "
+                                                       "(the backbone and that task's head) is compressed")
     methods: list[Method] = Field(min_length=1, description="applied in order; each result is a candidate")
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     select: SelectSpec = Field(default_factory=SelectSpec)
@@ -287,6 +289,8 @@ class CompressSpec(_Section):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.teacher_task is not None and self.teacher is None:
+            raise ValueError("teacher_task: picks a task of a multitask teacher run; give compress.teacher")
         for i, m in enumerate(self.methods):
             if m.method == "quantize" and i != len(self.methods) - 1:
                 raise ValueError(f"methods: quantize must come last (int8 models are not fine-tuned); it is "
@@ -319,7 +323,10 @@ class TransferSpec(_Section):
     source: Annotated[Annotated[str, Tag("run")] | Annotated[SourceJob, Tag("job")],
                       Discriminator(lambda v: "run" if isinstance(v, str) else "job")] = Field(description="a finished train run folder, or a train step "
                                                 "{data, model, train} run first as <name>-source")
-    source_data: DataSpec | None = Field(None, description="the source domain's data; default: the source run's")
+    source_task: str | None = Field(None, description="a multitask source run: the task whose classifier (the "
+                                                      "backbone and that task's head) is the source model")
+    source_data: DataSpec | None = Field(None, description="the source domain's data; default: the source run's "
+                                                           "(a multitask run's: its source_task's)")
     strategy: Literal[STRATEGIES] = Field("full", description="linear_probe: only a new classifier trains; freeze: "
                                                               "the first freeze_stages stages stay fixed; full; "
                                                               "discriminative: backbone lr x backbone_lr_factor; "
@@ -332,6 +339,12 @@ class TransferSpec(_Section):
     target_labels: int | None = Field(None, gt=0, description="labelled target training rows to use (few-shot "
                                                                 "fine-tuning); default: all. dann uses none")
     dann: DANNSpec = Field(default_factory=DANNSpec)
+
+    @model_validator(mode="after")
+    def _task_of_a_run(self):
+        if self.source_task is not None and not isinstance(self.source, str):
+            raise ValueError("source_task: picks a task of a multitask source run; transfer.source is a train step")
+        return self
 
 
 class TaskSpec(_Section):
@@ -591,7 +604,8 @@ def _with_teacher_sections(raw: dict, source: str) -> dict:
         return raw        # not trained yet: the job validates, running it says what is missing
     if "model" in raw and raw["model"] != teacher_raw.get("model"):
         raise SpecError(f"{source}: model: a compress job takes its teacher's model; remove this section")
-    return {**raw, "model": teacher_raw.get("model"), "data": raw.get("data", teacher_raw.get("data"))}
+    data = _run_data(teacher_raw, raw["compress"].get("teacher_task"), source, "compress.teacher")
+    return {**raw, "model": teacher_raw.get("model"), "data": raw.get("data", data)}
 
 
 def _with_source_sections(raw: dict, source: str) -> dict:
@@ -607,8 +621,23 @@ def _with_source_sections(raw: dict, source: str) -> dict:
         return raw        # not trained yet: the job validates, running it says what is missing
     if "model" in raw and raw["model"] != source_raw.get("model"):
         raise SpecError(f"{source}: model: a transfer job takes its source run's model; remove this section")
-    transfer = {**transfer, "source_data": transfer.get("source_data", source_raw.get("data"))}
+    data = _run_data(source_raw, transfer.get("source_task"), source, "transfer.source")
+    transfer = {**transfer, "source_data": transfer.get("source_data", data)}
     return {**raw, "model": source_raw.get("model"), "transfer": transfer}
+
+
+def _run_data(run_raw: dict, task, source: str, field: str):
+    """The data section of a run's spec.yaml; a multitask run's is its task's (`<field>_task`),
+    whose classifier (the backbone and that task's head) the job then takes."""
+    if run_raw.get("kind") != "multitask":
+        if task is not None:
+            raise SpecError(f"{source}: {field}_task: {task!r}: the run is a single classifier, not multitask")
+        return run_raw.get("data")
+    tasks = ((run_raw.get("multitask") or {}).get("tasks") or {})
+    if task not in tasks:
+        which = "required" if task is None else f"{task!r} is not one"
+        raise SpecError(f"{source}: {field}_task: {which}: the run is multitask, with tasks {', '.join(tasks)}")
+    return tasks[task].get("data")
 
 
 def without_search(raw: dict) -> dict:

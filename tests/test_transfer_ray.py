@@ -117,26 +117,54 @@ def test_dann_beats_source_only_on_a_designed_shift_over_seeds(ray_cluster, tmp_
     assert min(gains) > 0.15, gains
 
 
-def test_multitask_run_reports_every_task(ray_cluster, tmp_path, capsys):
-    tasks = {"digits": {"data": {"source": "digits"}},
-             "inverted": {"data": {"source": "digits", "shift": {"invert": True}}, "weight": 0.5}}
-    path = write_job(tmp_path, "multi", kind="multitask", model=SOURCE_MODEL,
-                     multitask={"tasks": tasks, "sampling": "round_robin"})
-    summary = run_job(path, "multitask")
-    last = json.loads((tmp_path / "runs" / "multi" / "metrics.jsonl").read_text().splitlines()[-1])
+MULTITASKS = {"digits": {"data": {"source": "digits"}},
+              "inverted": {"data": {"source": "digits", "shift": {"invert": True}}, "weight": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def multitask_run(ray_cluster, tmp_path_factory) -> tuple[Path, dict]:
+    """A backbone with a digits head and an inverted-digits head; (run folder, summary)."""
+    folder = tmp_path_factory.mktemp("multitask")
+    path = write_job(folder, "multi", kind="multitask", model=SOURCE_MODEL,
+                     multitask={"tasks": MULTITASKS, "sampling": "round_robin"})
+    return folder / "runs" / "multi", run_job(path, "multitask")
+
+
+def test_multitask_run_reports_every_task(multitask_run, capsys):
+    run_dir, summary = multitask_run
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     for split in ("val", "test"):
-        accuracies = [last[f"{task}_{split}_accuracy"] for task in tasks]
+        accuracies = [last[f"{task}_{split}_accuracy"] for task in MULTITASKS]
         assert last[f"{split}_accuracy"] == pytest.approx(sum(accuracies) / 2)
         assert min(accuracies) > 0.5
     assert summary["test_accuracy"] == pytest.approx(last["test_accuracy"])
     # A backbone with two heads is not one classifier: export refuses it in one line, or takes one task's.
-    run_dir = tmp_path / "runs" / "multi"
     assert main(["export", str(run_dir)]) == 2
     assert "is a multitask checkpoint" in capsys.readouterr().err
     assert main(["export", str(run_dir), "--task", "rotated"]) == 2
     assert "no task 'rotated'" in capsys.readouterr().err
     assert main(["export", str(run_dir), "--task", "inverted"]) == 0
     assert "argmax agreement 1.0000" in capsys.readouterr().out and (run_dir / "model-inverted.onnx").exists()
+
+
+def test_transfer_and_compress_take_one_task_of_a_multitask_run(multitask_run, tmp_path):
+    run_dir, _ = multitask_run
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    # The source model is the inverted task's classifier and the source domain that task's data:
+    # its source test accuracy is the multitask run's own number for that task.
+    path = write_job(tmp_path, "from_task", kind="transfer", resources={"workers": 1},
+                     data={"source": "digits", "shift": {"invert": True}},
+                     transfer={"source": str(run_dir), "source_task": "inverted", "strategy": "linear_probe",
+                               "target_labels": 200}, train={"epochs": 1, "batch_size": 32})
+    summary = run_job(path, "transfer")
+    assert summary["source_only"]["source_test_accuracy"] == pytest.approx(last["inverted_test_accuracy"], abs=1e-6)
+    compress = {"teacher": str(run_dir), "methods": [{"method": "prune", "amount": 0.5}]}
+    spec = load_job(write_job(tmp_path, "c", kind="compress", compress={**compress, "teacher_task": "inverted"}))
+    assert spec.data.shift.invert and spec.model.name == SOURCE_MODEL["name"]
+    for task, message in ((None, "compress.teacher_task: required: the run is multitask, with tasks digits, inverted"),
+                          ("rotated", "compress.teacher_task: 'rotated' is not one")):
+        with pytest.raises(SpecError, match=message):
+            load_job(write_job(tmp_path, "c", kind="compress", compress={**compress, "teacher_task": task}))
 
 
 def test_one_tasks_classifier_out_of_a_multitask_checkpoint(tmp_path):

@@ -58,7 +58,7 @@ def resolve_teacher(spec: JobSpec, source: str, say) -> tuple[torch.nn.Module, P
             raise SpecError(f"{source}: compress.teacher: {run_dir} is not a finished train run "
                             f"(no result.json with a checkpoint)")
     checkpoint = Path(json.loads((run_dir / train_recipe.RESULT_FILE).read_text())["checkpoint"])
-    return load_classifier(checkpoint, f"{source}: compress.teacher"), checkpoint
+    return load_classifier(checkpoint, f"{source}: compress.teacher", spec.compress.teacher_task), checkpoint
 
 
 def finished(run_dir: Path, epochs: int | None = None) -> bool:

@@ -92,7 +92,7 @@ def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, train_recipe.P
     if target.input_shape != src.input_shape:
         raise SpecError(f"{source}: data: target inputs are {list(target.input_shape)}, the source model's "
                         f"{list(src.input_shape)}; give data.target_size or the source's shape")
-    model = load_classifier(checkpoint, f"{source}: transfer.source")
+    model = load_classifier(checkpoint, f"{source}: transfer.source", tr.source_task)
     same_classes = target.num_classes == src.num_classes
     if tr.strategy == "dann" and not same_classes:
         raise SpecError(f"{source}: transfer.strategy: dann needs the same classes in both domains "

@@ -169,6 +169,7 @@ def train_worker(config: dict) -> dict:
                             device=device, precision=t.precision, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
                             scaler=scaler, loss=objective.loss, frozen=objective.frozen(inner, epoch))
         train_s = time.perf_counter() - start
+        share_buffers(inner, world)
         val = objective.evaluate(run_eval, inner, "val")
         row = {
             "epoch": epoch + 1, "train_loss": train["loss"], **_without_counts(val),
@@ -195,6 +196,19 @@ def train_worker(config: dict) -> dict:
     return {**test, "epochs": t.epochs, "resumed_from_epoch": epochs_done,
             "rank_param_checksums": _rank_checksums(model, t.strategy, world),
             "rank_nodes": _gather(ray.get_runtime_context().get_node_id(), world)}
+
+
+def share_buffers(model, world: int) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank, before evaluating.
+
+    Under DDP each rank's statistics follow its own batches after the per-forward broadcast (FSDP
+    never syncs them), and the checkpoint holds rank 0's: with them on every rank, the metrics a
+    run reports are the saved model's (measured: 0.8926 reported vs 0.8852 for the checkpoint,
+    2 workers). Training is unchanged: DDP broadcasts rank 0's buffers at every forward anyway.
+    """
+    if world > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer.data, src=0)
 
 
 def _without_counts(metrics: dict) -> dict:
