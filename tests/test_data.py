@@ -12,6 +12,7 @@ import yaml
 from bigmodel_ray.cli import main
 from bigmodel_ray.data import load_data
 from bigmodel_ray.data.augment import AugmentConfig, augment_batch, draws_for_keys
+from bigmodel_ray.data.cli import data_spec_of
 from bigmodel_ray.data.sources import DataError
 from bigmodel_ray.data.synthetic import generate
 from bigmodel_ray.spec import DataSpec
@@ -221,6 +222,9 @@ def test_inspect_prints_balance_and_writes_a_grid(tmp_path, capsys):
     assert "rows                 1,374       153       270" in out
     image = cv2.imread(str(grid))
     assert image is not None and image.shape[1] > image.shape[0]        # 3 rows x 8 columns
+    # --set keys as `run` spells them (data.KEY) or relative to data:
+    spelled = [data_spec_of(str(job), [f"{prefix}augment.rotation_range=5"])[0] for prefix in ("data.", "")]
+    assert spelled[0] == spelled[1] and spelled[0].augment.rotation_range == 5
     assert main(["data", "inspect", "synthetic", "--set", "image_size=300x"]) == 2
     assert capsys.readouterr().err.strip() == "error: synthetic: data.image_size: must be a valid integer, " \
                                               "unable to parse string as an integer (got '300x')"

@@ -11,7 +11,7 @@ import torch
 
 from bigmodel_ray.cli import main
 from bigmodel_ray.recipes import train as train_recipe
-from bigmodel_ray.spec import load_job
+from bigmodel_ray.spec import SpecError, load_job
 from bigmodel_ray.train.state import read_state
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -70,6 +70,11 @@ def test_rerun_resumes_at_the_next_epoch(tiny_job, tmp_path):
     second = train_recipe.run(load_job(job, ["train.epochs=3"]), "resume.yaml", say=lambda _: None)
     assert second["resumed_from_epoch"] == 2 and second["epochs_this_run"] == 1 and second["epochs"] == 3
     assert _epochs(tmp_path / "runs" / "resume") == [1, 2, 3]
+    # Fewer epochs than the run has trained would train nothing yet relabel the run: refused, run untouched.
+    run_files = {p.name: p.read_bytes() for p in (tmp_path / "runs" / "resume").glob("*.*") if p.is_file()}
+    with pytest.raises(SpecError, match=r"train.epochs: 2 is fewer than the 3 epochs .*--set name="):
+        train_recipe.run(load_job(job, ["train.epochs=2", "train.precision=bf16"]), "resume.yaml", say=print)
+    assert run_files == {p.name: p.read_bytes() for p in (tmp_path / "runs" / "resume").glob("*.*") if p.is_file()}
 
 
 def test_killed_worker_is_replaced_and_training_continues(tiny_job, tmp_path):

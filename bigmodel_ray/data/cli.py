@@ -38,13 +38,15 @@ def add_parser(sub) -> None:
     insp.add_argument("--samples", type=int, default=6, help="images in the grid, one per row")
     for p in (prep, insp):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="set a data field, e.g. --set target_size=[64,64] (repeatable)")
+                       help="set a data field, e.g. --set target_size=[64,64] or data.target_size=[64,64] "
+                            "(repeatable)")
 
 
 def data_spec_of(src: str, overrides: list[str]):
     """The DataSpec (and a seed) that SRC and the overrides describe."""
     from bigmodel_ray.spec import DataSpec, apply_overrides, load_job, validate_section
 
+    overrides = [o.removeprefix("data.") for o in overrides]     # `run`'s spelling works here too
     if src.endswith((".yaml", ".yml")):
         job = load_job(src, [f"data.{o}" for o in overrides])
         return job.data, job.seed, Path(src).stem

@@ -251,6 +251,10 @@ def check_same_job(run_dir: Path, spec: JobSpec, source: str, keys=("model", "da
         if old.get(key) != new[key]:
             raise SpecError(f"{source}: {key}: differs from the {what} in {run_dir} that this job would resume; "
                             f"use another name (--set name=...)")
+    done = _epochs_logged(run_dir)
+    if spec.train is not None and spec.train.epochs < done:      # it would train nothing, yet relabel the run
+        raise SpecError(f"{source}: train.epochs: {spec.train.epochs} is fewer than the {done} epochs the {what} in "
+                        f"{run_dir} has trained; use another name (--set name=...) or train.epochs >= {done}")
 
 
 def _epochs_logged(run_dir: Path) -> int:
