@@ -129,6 +129,10 @@ def _run_command(args) -> None:
     recipe = importlib.import_module(SWEEP if spec.search else RECIPES[spec.kind])
     start_ray(args.address, args.verbose, args.dashboard, num_cpus=recipe.cpus_needed(spec),
               object_store_mb=4 * spec.resources.data_memory_mb)
+    if args.dashboard and args.address is None:
+        from bigmodel_ray import runtime
+
+        print(f"Ray dashboard: {runtime.STATE_API}", flush=True)
     recipe.run(spec, args.job)
 
 

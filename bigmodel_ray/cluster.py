@@ -7,12 +7,15 @@ FILE` on submit/status/logs/stop/list reaches the head's dashboard through `ray 
 """
 
 import contextlib
+import importlib.util
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from bigmodel_ray.runtime import free_port
 from bigmodel_ray.spec import SpecError
@@ -30,9 +33,23 @@ def ray_cli() -> str:
     return found
 
 
+# Ray's launcher imports the cloud's SDK on this machine too, not only on the nodes.
+PROVIDER_SDKS = {"aws": ("boto3", "aws"), "gcp": ("googleapiclient", "gcp")}     # type -> (module, our extra)
+
+
 def _checked(cluster_file: str) -> str:
-    if not Path(cluster_file).is_file():
+    """The cluster file, once it exists and its provider's SDK is installed here."""
+    path = Path(cluster_file)
+    if not path.is_file():
         raise SpecError(f"{cluster_file}: no such cluster file")
+    try:
+        provider = (yaml.safe_load(path.read_text()) or {}).get("provider") or {}
+    except (yaml.YAMLError, AttributeError):
+        raise SpecError(f"{cluster_file}: not a cluster launcher file (a YAML mapping with a provider)") from None
+    module, extra = PROVIDER_SDKS.get(provider.get("type") if isinstance(provider, dict) else None, (None, None))
+    if module and importlib.util.find_spec(module) is None:
+        raise SpecError(f"{cluster_file}: provider.type: {provider['type']} needs its SDK ({module}) on this machine: "
+                        f"pip install -e '.[{extra}]'")
     return cluster_file
 
 

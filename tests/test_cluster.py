@@ -7,6 +7,7 @@ and a custom resource each; the test tears them down by the processes it started
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -51,8 +52,13 @@ def _agent_ports() -> list[str]:
             "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env)]
 
 
-def cluster_pids(temp_dir: str) -> list[int]:
-    """Processes whose command line names the cluster's temp dir, and all their descendants."""
+def cluster_pids(temp_dir: str, gcs_port: int | None = None) -> list[int]:
+    """Processes whose command line names the cluster's temp dir, and all their descendants.
+
+    Ray's client server names neither the temp dir nor a parent of ours (`ray start` exits and
+    leaves it to init): with `gcs_port`, a process given `--address=HOST:<gcs_port>` is ours too.
+    """
+    ours = re.compile(re.escape(temp_dir) + (rf"|--address=\S+:{gcs_port}\b" if gcs_port else ""))
     parents, cmdlines = {}, {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -65,7 +71,7 @@ def cluster_pids(temp_dir: str) -> list[int]:
                 cmdlines.pop(int(proc.name))
         except (OSError, IndexError, ValueError):
             continue
-    found = {pid for pid, cmd in cmdlines.items() if temp_dir in cmd and pid != os.getpid()}
+    found = {pid for pid, cmd in cmdlines.items() if ours.search(cmd) and pid != os.getpid()}
     while True:
         more = {pid for pid, parent in parents.items() if parent in found and pid in cmdlines} - found
         if not more:
@@ -83,15 +89,15 @@ def _cmdlines(pids) -> list[str]:
     return out
 
 
-def _tear_down(temp_dir: str) -> None:
+def _tear_down(temp_dir: str, gcs_port: int) -> None:
     for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-        for pid in cluster_pids(temp_dir):
+        for pid in cluster_pids(temp_dir, gcs_port):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + wait_s
-        while cluster_pids(temp_dir) and time.monotonic() < deadline:
+        while cluster_pids(temp_dir, gcs_port) and time.monotonic() < deadline:
             time.sleep(0.2)
 
 
@@ -115,8 +121,8 @@ def loopback_cluster():
                         *common, *_agent_ports()], env=env, check=True, capture_output=True, timeout=120)
         yield LoopbackCluster(f"http://127.0.0.1:{dashboard}", token_path, temp_dir)
     finally:
-        _tear_down(temp_dir)
-        assert cluster_pids(temp_dir) == [], "cluster processes left behind"
+        _tear_down(temp_dir, gcs)
+        assert cluster_pids(temp_dir, gcs) == [], "cluster processes left behind"
 
 
 @pytest.fixture

@@ -8,8 +8,14 @@ from bigmodel_ray.spec import SpecError
 from conftest import ROOT
 
 
-def test_cluster_verbs_run_rays_own_launcher_commands():
+def test_cluster_verbs_run_rays_own_launcher_commands(monkeypatch):
     f = str(ROOT / "cluster" / "aws.yaml")
+    # Without the cloud's SDK here, Ray's launcher would fail with a traceback: one line instead.
+    monkeypatch.setitem(cluster.PROVIDER_SDKS, "aws", ("bigmodel_ray_no_such_sdk", "aws"))
+    with pytest.raises(SpecError, match=r"aws.yaml: provider.type: aws needs its SDK \(bigmodel_ray_no_such_sdk\) "
+                                        r"on this machine: pip install -e '.\[aws\]'$"):
+        cluster.commands("up", f, yes=True)
+    monkeypatch.setitem(cluster.PROVIDER_SDKS, "aws", ("json", "aws"))      # an installed module stands in for boto3
     (up,) = cluster.commands("up", f, yes=True)
     assert up[1:] == ["up", f, "-y"] and up[0].endswith("ray")
     (down,) = cluster.commands("down", f, yes=False)

@@ -6,6 +6,14 @@ import io
 import logging
 import warnings
 
+import torch
+
+
+def batch_dim() -> "torch.export.Dim":
+    """The dynamic batch dimension of every exported program (static int8, saved candidates,
+    ONNX): one range everywhere, since re-exporting a program needs its own range or a narrower one."""
+    return torch.export.Dim("batch", min=1, max=65536)
+
 
 @contextlib.contextmanager
 def quiet():

@@ -6,13 +6,14 @@ carries the max absolute difference of the logits, the share of equal argmax pre
 onnxruntime's latency at batch 1 and at the inputs' batch size.
 """
 
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from bigmodel_ray.compress import quiet
+from bigmodel_ray.compress import batch_dim, quiet
 
 
 class ExportError(Exception):
@@ -35,7 +36,10 @@ class Loaded(nn.Module):
 
 
 def load_program(path: str | Path) -> nn.Module:
-    with quiet():            # a quantized candidate's program imports torchao
+    with quiet():            # torchao prints on import
+        # A static int8 program calls the quantized_decomposed q/dq ops: registered by this import.
+        import torchao.quantization.pt2e  # noqa: F401
+
         return Loaded(torch.export.load(str(path)).module())
 
 
@@ -50,14 +54,18 @@ def inference_mode_of(model: nn.Module) -> nn.Module:
 
 def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
     path = Path(path)
+    if any(type(p) not in (torch.Tensor, nn.Parameter) for p in model.parameters()):
+        raise ExportError("dynamic int8 (torchao's quantized weight tensors) has no ONNX translation; "
+                          "static int8 exports")
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    batch = batch_dim()
     try:
         with quiet():
             torch.onnx.export(inference_mode_of(model), (example,), str(path), input_names=["x"], output_names=["logits"],
                               dynamic_shapes=({0: batch},), external_data=False)
     except Exception as e:      # the exporters raise many types; the first line says what failed
-        raise ExportError(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}") from None
+        first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(e).strip().splitlines()[0])    # no terminal colours
+        raise ExportError(f"{type(e).__name__}: {first_line[:200]}") from None
     return path
 
 

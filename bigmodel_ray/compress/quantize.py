@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from bigmodel_ray.compress import quiet
+from bigmodel_ray.compress import batch_dim, quiet
 
 
 def has_vnni() -> bool:
@@ -43,7 +43,7 @@ def static(model: nn.Module, calibration: Iterable[torch.Tensor], example: torch
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    batch = batch_dim()
     program = torch.export.export(copy.deepcopy(model).eval(), (example,), dynamic_shapes=({0: batch},))
     quantizer = x86.X86InductorQuantizer().set_global(
         x86.get_default_x86_inductor_quantization_config(reduce_range=not has_vnni()))
@@ -57,7 +57,11 @@ def static(model: nn.Module, calibration: Iterable[torch.Tensor], example: torch
 def compiled(model: nn.Module) -> nn.Module:
     """What runs the static int8 graph fast: Inductor with freezing, one compile per input shape
     (a dynamic batch dimension crashed Inductor's int8 conv lowering here)."""
+    import warnings
+
     import torch._inductor.config as inductor
 
+    # Inductor's int8 conv lowering warns about its own tensor copy on every compile.
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor", module=r"torch\._inductor")
     inductor.freezing = True
     return torch.compile(model, dynamic=False)

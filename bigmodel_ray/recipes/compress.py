@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from bigmodel_ray.compress import export as onnx_export
-from bigmodel_ray.compress import measure, quantize
+from bigmodel_ray.compress import batch_dim, measure, quantize
 from bigmodel_ray.compress.chain import Candidate, apply_methods
 from bigmodel_ray.recipes import train as train_recipe
 from bigmodel_ray.spec import JobSpec, SpecError, dump, validate
@@ -141,7 +141,8 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.yaml").write_text(dump(spec))
     example = evaluator.example
-    say(f"{spec.name}: teacher {teacher_checkpoint} ({sum(p.numel() for p in teacher.parameters()):,} params); "
+    # counted as the table counts them: the floating-point state (BatchNorm statistics included)
+    say(f"{spec.name}: teacher {teacher_checkpoint} ({measure.parameter_counts(teacher)[0]:,} params); "
         f"methods: {' -> '.join(m.method for m in c.methods)}")
     candidates = [Candidate("teacher", teacher.eval())] + compress(spec, source, teacher, job, evaluator, run_dir, say)
     table = measure_candidates(candidates, evaluator, c.measure, example, say)
@@ -206,7 +207,7 @@ def save_candidates(candidates, run_dir: Path, input_shape, num_classes: int, ex
     folder = run_dir / "candidates"
     folder.mkdir(exist_ok=True)
     saved = {}
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    batch = batch_dim()
     for cand in candidates:
         path = folder / f"{cand.name}.pt2"
         try:

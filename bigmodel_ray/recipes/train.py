@@ -172,6 +172,9 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say=print, wha
             result = fit(trainer)
         except ray.train.TrainingFailedError as e:
             raise failure(e, spec, source, run_dir) from e
+        except ray.exceptions.RayError as e:   # e.g. the run's controller died before it started
+            raise RunFailed(f"{spec.name}: Ray failed: {_first_line(e)} (run folder {run_dir}; "
+                            f"rerun with -v for Ray's logs)") from e
     wall_s = time.perf_counter() - start
 
     history = read_epoch_log(run_dir)
