@@ -33,6 +33,8 @@ def auth_headers() -> dict[str, str]:
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
     if not token and os.path.isfile(path):
         token = Path(path).read_text().strip()
+        if os.stat(path).st_mode & 0o077:      # `ray get-auth-token --generate` writes it 0644
+            print(f"warning: {path} is readable by other users of this machine: chmod 600 {path}", file=sys.stderr)
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 

@@ -106,6 +106,7 @@ def loopback_cluster():
     temp_dir = tempfile.mkdtemp(prefix="bmrc-", dir="/tmp")     # short: socket paths must fit in 107 bytes
     token_path = Path(temp_dir) / "auth_token"
     token_path.write_text(secrets.token_hex(32))
+    token_path.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{VENV_BIN}:{env.get('PATH', '')}")

@@ -27,14 +27,18 @@ def test_cluster_verbs_run_rays_own_launcher_commands(monkeypatch):
         cluster.commands("up", "cluster/nope.yaml", yes=True)
 
 
-def test_token_comes_from_env_then_file_then_home(tmp_path, monkeypatch):
+def test_token_comes_from_env_then_file_then_home(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     assert submit.auth_headers() == {}
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("home-token\n")
+    (tmp_path / ".ray" / "auth_token").chmod(0o644)
     assert submit.auth_headers() == {"Authorization": "Bearer home-token"}
+    assert "auth_token is readable by other users of this machine: chmod 600" in capsys.readouterr().err
+    (tmp_path / ".ray" / "auth_token").chmod(0o600)
+    assert submit.auth_headers() == {"Authorization": "Bearer home-token"} and capsys.readouterr().err == ""
     (tmp_path / "t").write_text("file-token")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
     assert submit.auth_headers() == {"Authorization": "Bearer file-token"}
@@ -42,7 +46,9 @@ def test_token_comes_from_env_then_file_then_home(tmp_path, monkeypatch):
     assert submit.auth_headers() == {"Authorization": "Bearer env-token"}
 
 
-def test_jobs_commands_need_an_address(monkeypatch, capsys):
+def test_jobs_commands_need_an_address(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))              # no token of this machine's user
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     assert main(["list"]) == 2
