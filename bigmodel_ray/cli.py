@@ -127,6 +127,8 @@ def _run_command(args) -> None:
         print(dump(spec), end="")
         return
     recipe = importlib.import_module(SWEEP if spec.search else RECIPES[spec.kind])
+    if args.address is None:
+        _check_paths(spec, args.job)
     start_ray(args.address, args.verbose, args.dashboard, num_cpus=recipe.cpus_needed(spec),
               object_store_mb=4 * spec.resources.data_memory_mb)
     if args.dashboard and args.address is None:
@@ -134,6 +136,18 @@ def _run_command(args) -> None:
 
         print(f"Ray dashboard: {runtime.STATE_API}", flush=True)
     recipe.run(spec, args.job)
+
+
+def _check_paths(spec, source: str) -> None:
+    """Local data paths that do not exist, said now rather than after Ray has started (~10 s)."""
+    from bigmodel_ray.data.sources import DataError, check_path
+    from bigmodel_ray.spec import data_sections
+
+    for key, section in data_sections(spec):
+        try:
+            check_path(section)
+        except DataError as e:
+            raise SpecError(f"{source}: {key}.{e.field}: {e}") from None
 
 
 def main(argv=None) -> int:

@@ -640,6 +640,18 @@ def _run_data(run_raw: dict, task, source: str, field: str):
     return tasks[task].get("data")
 
 
+def data_sections(spec: JobSpec) -> list[tuple[str, DataSpec]]:
+    """Every data section of a job, with its key path: data, a transfer's source data, each task's."""
+    found = [("data", spec.data)]
+    if spec.transfer is not None:
+        found.append(("transfer.source_data", spec.transfer.source_data))
+        if isinstance(spec.transfer.source, SourceJob):
+            found.append(("transfer.source.data", spec.transfer.source.data))
+    if spec.multitask is not None:
+        found += [(f"multitask.tasks.{name}.data", task.data) for name, task in spec.multitask.tasks.items()]
+    return [(key, section) for key, section in found if section is not None]
+
+
 def without_search(raw: dict) -> dict:
     """The job a trial runs: everything but the `search` block."""
     return {k: v for k, v in raw.items() if k != "search"}

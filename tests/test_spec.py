@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -68,6 +69,23 @@ def test_cli_bad_spec_exits_2_with_one_line(tiny_job):
     assert out.stderr == f"error: {path}: train.epochs: must be > 0 (got -1)\n"
     assert out.stdout == ""
     assert not (path.parent / "runs").exists()        # nothing written for a rejected job
+
+
+def test_missing_local_data_paths_exit_2_before_ray_starts(tmp_path):
+    """RAY_ADDRESS points at nothing: starting Ray would fail, so the error must come first."""
+    import yaml
+
+    (tmp_path / "imgs").mkdir()
+    tasks = {"a": {"data": {"source": "image_folder", "path": str(tmp_path / "imgs")}},
+             "b": {"data": {"source": "parquet", "path": str(tmp_path / "nope.parquet")}}}
+    job = tmp_path / "multi.yaml"
+    job.write_text(yaml.safe_dump({"name": "m", "kind": "multitask", "model": {"name": "cnn2d"},
+                                   "storage": str(tmp_path / "runs"), "multitask": {"tasks": tasks}}))
+    out = subprocess.run([sys.executable, "-m", "bigmodel_ray", "run", str(job)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9"})
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == f"error: {job}: multitask.tasks.b.data.path: {tmp_path / 'nope.parquet'} does not exist\n"
+    assert not (tmp_path / "runs").exists()
 
 
 def test_cli_validate_prints_resolved_spec(tiny_job):

@@ -116,13 +116,20 @@ def _synthetic(spec) -> Source:
 
 # ---------------------------------------------------------------------------- image folders
 
+def check_path(spec) -> None:
+    """The checks of a local `path` that need no Ray: a wrong path fails before Ray starts."""
+    if spec.source == "image_folder" and not Path(spec.path).expanduser().is_dir():
+        raise DataError("path", f"{Path(spec.path).expanduser()} is not a folder")
+    if spec.source == "parquet" and "://" not in spec.path:
+        _parquet_layout(spec.path)
+
+
 def _image_folder(spec) -> Source:
     import pyarrow as pa
     import ray.data
 
+    check_path(spec)
     root = Path(spec.path).expanduser()
-    if not root.is_dir():
-        raise DataError("path", f"{root} is not a folder")
     layout = {name: root / name for name in SPLITS if (root / name).is_dir()}
     train_root = layout.get("train", root)
     classes = sorted(d.name for d in train_root.iterdir() if d.is_dir() and not d.name.startswith("."))
