@@ -119,7 +119,7 @@ def _data_command(args) -> None:
 def _run_command(args) -> None:
     import importlib
 
-    from bigmodel_ray.runtime import start_ray
+    from bigmodel_ray import runtime
     from bigmodel_ray.spec import dump, load_job
 
     spec = load_job(args.job, args.overrides)
@@ -129,11 +129,9 @@ def _run_command(args) -> None:
     recipe = importlib.import_module(SWEEP if spec.search else RECIPES[spec.kind])
     if args.address is None:
         _check_paths(spec, args.job)
-    start_ray(args.address, args.verbose, args.dashboard, num_cpus=recipe.cpus_needed(spec),
-              object_store_mb=4 * spec.resources.data_memory_mb)
+    runtime.start_ray(args.address, args.verbose, args.dashboard, num_cpus=recipe.cpus_needed(spec),
+                      object_store_mb=4 * spec.resources.data_memory_mb)
     if args.dashboard and args.address is None:
-        from bigmodel_ray import runtime
-
         print(f"Ray dashboard: {runtime.STATE_API}", flush=True)
     recipe.run(spec, args.job)
 

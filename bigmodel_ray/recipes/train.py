@@ -170,11 +170,9 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say=print, wha
     with EpochPrinter(run_dir / METRICS_FILE, t.epochs, done_before):
         try:
             result = fit(trainer)
-        except ray.train.TrainingFailedError as e:
+        # RayError: e.g. the run's controller died before it started (not a TrainingFailedError)
+        except (ray.train.TrainingFailedError, ray.exceptions.RayError) as e:
             raise failure(e, spec, source, run_dir) from e
-        except ray.exceptions.RayError as e:   # e.g. the run's controller died before it started
-            raise RunFailed(f"{spec.name}: Ray failed: {_first_line(e)} (run folder {run_dir}; "
-                            f"rerun with -v for Ray's logs)") from e
     wall_s = time.perf_counter() - start
 
     history = read_epoch_log(run_dir)
