@@ -3,7 +3,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slow bench clean
+.PHONY: run test test-slow lint bench clean
 
 $(BIN)/bigmodel-ray: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,10 @@ run: $(BIN)/bigmodel-ray
 
 test: $(BIN)/bigmodel-ray
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+
+lint: $(BIN)/bigmodel-ray
+	$(BIN)/ruff check .
+	$(BIN)/python -m bigmodel_ray.spec.reference --check
 
 test-slow: $(BIN)/bigmodel-ray
 	$(BIN)/python -m pytest -q -m slow --durations=10

@@ -398,7 +398,7 @@ def measure_pipeline(path: Path, rounds: int) -> dict:
             cpu[name].append(use)
         print(f"  pipeline round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()) + " img/s",
               flush=True)
-    del loader
+    loader = None     # its persistent workers go now, before the pool closes
     pool.close()      # not terminate(): SIGTERM makes Ray's handler in each worker print a stack
     pool.join()
     # How many tasks the last pass ran the fused decode/augment in (each task is serial; one per input block).
@@ -654,9 +654,12 @@ def main():
         print(f"   check on one image, mean |x - ours| in grey levels: scipy {aug['scipy_mean_abs_diff']:.3f}, "
               f"torch {aug['torch_mean_abs_diff']:.3f}  (same transform: < 2)")
         print(f"   {'ours (cv2.warpAffine x1)':<34}{aug['ours_img_s']:>9,.0f}  (target >= 1,000)")
-        print(f"   {'scipy.ndimage per channel (Keras)':<34}{aug['scipy_img_s']:>9,.0f}  ours/scipy = {aug['ours_over_scipy']:.1f}x")
-        print(f"   {'torch affine_grid+grid_sample':<34}{aug['torch_img_s']:>9,.0f}  ours/torch = {aug['ours_over_torch']:.1f}x")
-        print(f"2. decode + augment -> uint8 CHW batches, {pipe['images']:,} images, img/s (median of {rounds} rounds after warm-up)")
+        print(f"   {'scipy.ndimage per channel (Keras)':<34}{aug['scipy_img_s']:>9,.0f}  "
+              f"ours/scipy = {aug['ours_over_scipy']:.1f}x")
+        print(f"   {'torch affine_grid+grid_sample':<34}{aug['torch_img_s']:>9,.0f}  "
+              f"ours/torch = {aug['ours_over_torch']:.1f}x")
+        print(f"2. decode + augment -> uint8 CHW batches, {pipe['images']:,} images, img/s "
+              f"(median of {rounds} rounds after warm-up)")
         print(f"   {'bare op, 1 process, 1 core':<34}{pipe['bare_img_s_per_core']:>9,.0f}")
         label = f"bare op, {pipe['cores_used']} processes (no Ray)"
         print(f"   {label:<34}{pipe['bare_parallel_img_s']:>9,.0f}  "

@@ -128,12 +128,12 @@ def ray_train_plain(epochs: int, storage: str, round_: int) -> float:
 
 
 def bigmodel_ray_ddp(epochs: int, storage: str, round_: int) -> float:
-    from bigmodel_ray.recipes import train
+    from bigmodel_ray import kinds
     from bigmodel_ray.spec import load_job
 
     spec = load_job(JOB, [f"train.epochs={epochs}", f"storage={storage}", f"name=bench{round_}",
                           "checkpoint.every=1000"])
-    train.run(spec, str(JOB), say=lambda _: None)
+    kinds.run(spec, str(JOB), say=lambda _: None)
     rows = [json.loads(line) for line in (Path(storage) / spec.name / "metrics.jsonl").read_text().splitlines()]
     return statistics.median(r["samples_per_s"] for r in rows[1:])
 
@@ -171,7 +171,8 @@ def main():
     print("ratios (median of per-round ratios):")
     print(f"  bigmodel_ray / torchrun     = {ratio('bigmodel_ray 2x DDP', 'torchrun 2x DDP'):.3f}x  (target >= 0.97)")
     print(f"  Ray Train plain / torchrun  = {ratio('Ray Train plain loop', 'torchrun 2x DDP'):.3f}x  (Ray's runtime alone)")
-    print(f"  bigmodel_ray / Ray plain    = {ratio('bigmodel_ray 2x DDP', 'Ray Train plain loop'):.3f}x  (bigmodel_ray's own loop)")
+    print(f"  bigmodel_ray / Ray plain    = {ratio('bigmodel_ray 2x DDP', 'Ray Train plain loop'):.3f}x  "
+          "(bigmodel_ray's own loop)")
     print(f"  bigmodel_ray / single proc  = {ratio('bigmodel_ray 2x DDP', 'single process'):.3f}x")
 
 if __name__ == "__main__":

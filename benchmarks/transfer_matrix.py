@@ -60,12 +60,12 @@ JOBS = {"digits": digits_job, "mnist1d": mnist1d_job, "zoom": zoom_job}
 
 
 def run(raw: dict) -> dict:
-    from bigmodel_ray.recipes import tune as recipe
+    from bigmodel_ray import kinds
     from bigmodel_ray.spec import validate
 
     spec = validate(raw, f"benchmark:{raw['name']}")
     start = time.perf_counter()
-    summary = recipe.run(spec, raw["name"], say=lambda line: print(f"  {line}", flush=True))
+    summary = kinds.run(spec, raw["name"], say=lambda line: print(f"  {line}", flush=True))
     return {"wall_s": round(time.perf_counter() - start, 1), "matrix": summary["matrix"],
             "table": (Path(raw["storage"]) / raw["name"] / "matrix.md").read_text()}
 

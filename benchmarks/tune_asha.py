@@ -39,12 +39,12 @@ def sweep_job(name: str, scheduler: str, epochs: int, storage: str) -> dict:
 def run(raw: dict) -> dict:
     import pandas as pd
 
-    from bigmodel_ray.recipes import tune as recipe
+    from bigmodel_ray import kinds
     from bigmodel_ray.spec import validate
 
     spec = validate(raw, f"benchmark:{raw['name']}")
     start = time.perf_counter()
-    summary = recipe.run(spec, raw["name"], say=lambda line: print(f"  {line}", flush=True))
+    summary = kinds.run(spec, raw["name"], say=lambda line: print(f"  {line}", flush=True))
     wall = time.perf_counter() - start
     trials = pd.read_csv(Path(raw["storage"]) / raw["name"] / "trials.csv")
     finished = trials[trials.status == "finished"]
@@ -64,14 +64,15 @@ def main() -> None:
     p.add_argument("--keep", help="keep the sweep folders here (default: a temp folder, removed)")
     args = p.parse_args()
 
-    from bigmodel_ray.recipes import tune as recipe
+    from bigmodel_ray import kinds
     from bigmodel_ray.runtime import start_ray
     from bigmodel_ray.spec import validate
 
     storage = args.keep or tempfile.mkdtemp(prefix="tune_asha-")
     jobs = {"asha": sweep_job("bench_asha", "asha", args.epochs, storage),
             "fifo": sweep_job("bench_fifo", "fifo", args.epochs, storage)}
-    start_ray(num_cpus=recipe.cpus_needed(validate(jobs["asha"], "benchmark")))
+    asha = validate(jobs["asha"], "benchmark")
+    start_ray(num_cpus=kinds.runner(asha).cpus_needed(asha))
     results = {}
     for name, raw in jobs.items():
         print(f"{name}: 16-configuration grid, {args.epochs} epochs per full trial", flush=True)

@@ -1,3 +1,5 @@
-from bigmodel_ray.cli import main
 import sys
+
+from bigmodel_ray.cli import main
+
 sys.exit(main())

@@ -8,11 +8,7 @@ import argparse
 import os
 import sys
 
-from bigmodel_ray.runtime import RunFailed
-from bigmodel_ray.spec import SpecError
-
-RECIPES = {kind: f"bigmodel_ray.recipes.{kind}" for kind in ("train", "compress", "transfer", "multitask")}
-SWEEP = "bigmodel_ray.recipes.tune"       # any kind, when the job has a `search` block
+from bigmodel_ray.errors import RunFailed, SpecError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,16 +113,14 @@ def _data_command(args) -> None:
 
 
 def _run_command(args) -> None:
-    import importlib
-
-    from bigmodel_ray import runtime
+    from bigmodel_ray import kinds, runtime
     from bigmodel_ray.spec import dump, load_job
 
     spec = load_job(args.job, args.overrides)
     if args.command == "validate":
         print(dump(spec), end="")
         return
-    recipe = importlib.import_module(SWEEP if spec.search else RECIPES[spec.kind])
+    recipe = kinds.runner(spec)
     if args.address is None:
         _check_paths(spec, args.job)
     runtime.start_ray(args.address, args.verbose, args.dashboard, num_cpus=recipe.cpus_needed(spec),
@@ -138,7 +132,8 @@ def _run_command(args) -> None:
 
 def _check_paths(spec, source: str) -> None:
     """Local data paths that do not exist, said now rather than after Ray has started (~10 s)."""
-    from bigmodel_ray.data.sources import DataError, check_path
+    from bigmodel_ray.data import check_path
+    from bigmodel_ray.data.sources import DataError
     from bigmodel_ray.spec import data_sections
 
     for key, section in data_sections(spec):

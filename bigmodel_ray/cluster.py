@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from bigmodel_ray.errors import SpecError
 from bigmodel_ray.runtime import free_port
-from bigmodel_ray.spec import SpecError
 
 # Ray's CLI on the head reads the token the cluster files install (see cluster/*.yaml).
 _HEAD_STATUS = "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/.ray/auth_token ray status"

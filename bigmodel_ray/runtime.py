@@ -6,13 +6,8 @@ import os
 import socket
 import sys
 
-
 STATE_API = None    # the embedded Ray's dashboard URL: pass it to ray.util.state calls made here
 # (not set in os.environ: the Jobs SDK would then send every submission to this instance)
-
-
-class RunFailed(Exception):
-    """A run raised on its workers or controller; the message says where to look."""
 
 
 def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool = False,

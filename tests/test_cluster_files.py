@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import ray
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config   # what `ray up` runs first
+from ray.autoscaler._private.util import prepare_config, validate_config  # what `ray up` runs first
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 LAUNCHER_FILES = sorted(CLUSTER.glob("*.yaml"))

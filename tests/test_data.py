@@ -144,8 +144,9 @@ def test_corrupt_image_fails_naming_the_file_or_is_skipped(tmp_path):
     with pytest.raises(Exception, match=r"broken\.png: cannot decode image"):
         for ds in load_data(spec).datasets.values():
             ds.take_all()
-    from bigmodel_ray.data.pipeline import start_state
     import ray
+
+    from bigmodel_ray.data.pipeline import start_state
 
     state = start_state()
     data = load_data(spec.model_copy(update={"on_bad_record": "skip"}), state=state)

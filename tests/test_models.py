@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from bigmodel_ray.models import MODELS, build_model
 from bigmodel_ray.models.transformer import MultiHeadSelfAttention
 
-
 SHAPES = {"mlp": [(1, 40), (1, 8, 8)], "cnn1d": [(1, 40), (2, 33)], "cnn2d": [(1, 8, 8), (3, 16, 16)],
           "transformer": [(1, 40), (1, 8, 8), (3, 16, 16)]}
 

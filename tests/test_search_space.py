@@ -3,7 +3,9 @@
 import pytest
 
 from bigmodel_ray.spec import SpecError
-from bigmodel_ray.tune.space import apply, grid_size, parse_distribution, parse_space
+from bigmodel_ray.spec.overrides import apply
+from bigmodel_ray.spec.space import parse_distribution, parse_space
+from bigmodel_ray.tune.space import grid_size, to_tune
 
 JOB = {"name": "t", "data": {"source": "mnist1d"}, "model": {"name": "cnn1d", "args": {"channels": [8, 16]}},
        "train": {"epochs": 3}}
@@ -18,8 +20,8 @@ def test_distributions_parse_and_map_to_ray_tune():
     assert space["train.optimizer.lr"].args == (1e-4, 1e-1)
     assert space["model.args.channels"].args == (([8, 16], [16, 32]),)
     assert grid_size(space) == 2
-    assert isinstance(space["train.optimizer.lr"].to_tune(), tune.search.sample.Float)
-    assert space["model.args.channels"].to_tune() == {"grid_search": [[8, 16], [16, 32]]}
+    assert isinstance(to_tune(space["train.optimizer.lr"]), tune.search.sample.Float)
+    assert to_tune(space["model.args.channels"]) == {"grid_search": [[8, 16], [16, 32]]}
 
 
 @pytest.mark.parametrize("space, message", [

@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_data import write_image_folder
 
 from bigmodel_ray.cli import main
 from bigmodel_ray.data import load_data
@@ -13,7 +14,6 @@ from bigmodel_ray.data.pipeline import Transform, transform_batch
 from bigmodel_ray.data.shift import Shift
 from bigmodel_ray.data.synthetic import generate
 from bigmodel_ray.spec import DataSpec, SpecError, load_job
-from test_data import write_image_folder
 
 SPLITS = ("train", "val", "test")
 
@@ -125,8 +125,8 @@ def test_mnist1d_generator_variant_differs_and_is_cached(tmp_path, monkeypatch):
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_mnist1d_generator_reaches_the_source(tmp_path, monkeypatch):
+    from bigmodel_ray.data import open_source
     from bigmodel_ray.data.builtin import load_mnist1d
-    from bigmodel_ray.data.sources import open_source
 
     monkeypatch.setenv("BIGMODEL_RAY_CACHE", str(tmp_path))
     source = open_source(DataSpec(source="mnist1d", generator={"seed": 7}))

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from bigmodel_ray.cli import main
-from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 

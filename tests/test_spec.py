@@ -3,9 +3,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from bigmodel_ray.spec import SpecError, load_job
-from conftest import ROOT
 
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 

@@ -1,11 +1,11 @@
 """The cluster-facing CLI without a cluster: launcher commands, token lookup, missing addresses."""
 
 import pytest
+from conftest import ROOT
 
 from bigmodel_ray import cluster, submit
 from bigmodel_ray.cli import main
 from bigmodel_ray.spec import SpecError
-from conftest import ROOT
 
 
 def test_cluster_verbs_run_rays_own_launcher_commands(monkeypatch):

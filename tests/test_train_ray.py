@@ -9,8 +9,9 @@ import time
 import pytest
 import torch
 
+from bigmodel_ray import kinds
 from bigmodel_ray.cli import main
-from bigmodel_ray.recipes import train as train_recipe
+from bigmodel_ray.models import build_model
 from bigmodel_ray.spec import SpecError, load_job
 from bigmodel_ray.train.state import read_state
 
@@ -48,32 +49,32 @@ def test_bf16_with_grad_accumulation_streaming(tiny_job):
     # in_memory: false streams the Ray Data shard every epoch instead of caching it.
     spec = load_job(tiny_job("bf16", train={"precision": "bf16", "grad_accum": 2, "batch_size": 64},
                              data={"source": "mnist1d", "in_memory": False}))
-    result = train_recipe.run(spec, "bf16.yaml", say=lambda _: None)
+    result = kinds.run(spec, "bf16.yaml", say=lambda _: None)
     assert result["test_accuracy"] > 0.25                                  # chance is 0.10
     assert result["rank_param_checksums"][0] == pytest.approx(result["rank_param_checksums"][1], rel=1e-12)
 
 
 def test_fsdp2_on_cpu_saves_full_weights(tiny_job, tmp_path):
     spec = load_job(tiny_job("fsdp", train={"strategy": "fsdp"}))
-    result = train_recipe.run(spec, "fsdp.yaml", say=lambda _: None)
+    result = kinds.run(spec, "fsdp.yaml", say=lambda _: None)
     assert result["test_accuracy"] > 0.25 and result["test_count"] == 1000
     state = read_state(result["checkpoint"])
-    reference = train_recipe.build_model(spec.model.name, (1, 40), 10, **spec.model.args).state_dict()
+    reference = build_model(spec.model.name, (1, 40), 10, **spec.model.args).state_dict()
     assert {k: v.shape for k, v in state["model"].items()} == {k: v.shape for k, v in reference.items()}
 
 
 def test_rerun_resumes_at_the_next_epoch(tiny_job, tmp_path):
     job = tiny_job("resume")
-    first = train_recipe.run(load_job(job), "resume.yaml", say=lambda _: None)
+    first = kinds.run(load_job(job), "resume.yaml", say=lambda _: None)
     assert first["resumed_from_epoch"] == 0
     # Same name and storage: continues after epoch 2 instead of starting over.
-    second = train_recipe.run(load_job(job, ["train.epochs=3"]), "resume.yaml", say=lambda _: None)
+    second = kinds.run(load_job(job, ["train.epochs=3"]), "resume.yaml", say=lambda _: None)
     assert second["resumed_from_epoch"] == 2 and second["epochs_this_run"] == 1 and second["epochs"] == 3
     assert _epochs(tmp_path / "runs" / "resume") == [1, 2, 3]
     # Fewer epochs than the run has trained would train nothing yet relabel the run: refused, run untouched.
     run_files = {p.name: p.read_bytes() for p in (tmp_path / "runs" / "resume").glob("*.*") if p.is_file()}
     with pytest.raises(SpecError, match=r"train.epochs: 2 is fewer than the 3 epochs .*--set name="):
-        train_recipe.run(load_job(job, ["train.epochs=2", "train.precision=bf16"]), "resume.yaml", say=print)
+        kinds.run(load_job(job, ["train.epochs=2", "train.precision=bf16"]), "resume.yaml", say=print)
     assert run_files == {p.name: p.read_bytes() for p in (tmp_path / "runs" / "resume").glob("*.*") if p.is_file()}
 
 
@@ -98,7 +99,7 @@ def test_killed_worker_is_replaced_and_training_continues(tiny_job, tmp_path):
 
     killer = threading.Thread(target=kill_a_worker_after_epoch_2, daemon=True)
     killer.start()
-    result = train_recipe.run(spec, "sigkill.yaml", say=lambda _: None)
+    result = kinds.run(spec, "sigkill.yaml", say=lambda _: None)
     killer.join()
     assert killed, "the worker was never killed"
     assert result["resumed_from_epoch"] >= 1                               # the new worker group started from a checkpoint
@@ -123,10 +124,10 @@ def test_model_arguments_the_model_rejects_exit_2(tiny_job, capsys, tmp_path):
 def test_checkpoint_loads_on_a_fresh_model(tiny_job, tmp_path):
     # The state file alone rebuilds the trained model (what compress/export jobs will rely on).
     job = tiny_job("reload", train={"epochs": 1})
-    result = train_recipe.run(load_job(job), "reload.yaml", say=lambda _: None)
+    result = kinds.run(load_job(job), "reload.yaml", say=lambda _: None)
     state = read_state(result["checkpoint"])
     meta = state["meta"]
-    model = train_recipe.build_model(meta["model"]["name"], meta["input_shape"], meta["num_classes"],
+    model = build_model(meta["model"]["name"], meta["input_shape"], meta["num_classes"],
                                      **meta["model"]["args"])
     model.load_state_dict(state["model"])
     assert model(torch.zeros(2, *meta["input_shape"])).shape == (2, 10)

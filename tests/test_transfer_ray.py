@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from bigmodel_ray import kinds
 from bigmodel_ray.cli import main
 from bigmodel_ray.models import build_model
 from bigmodel_ray.spec import SpecError, load_job
@@ -27,11 +28,8 @@ def write_job(folder: Path, name: str, **sections) -> Path:
     return path
 
 
-def run_job(path: Path, recipe_name: str) -> dict:
-    import importlib
-
-    recipe = importlib.import_module(f"bigmodel_ray.recipes.{recipe_name}")
-    return recipe.run(load_job(path), str(path), say=lambda *_: None)
+def run_job(path: Path) -> dict:
+    return kinds.run(load_job(path), str(path), say=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +38,7 @@ def source_run(ray_cluster, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("source")
     path = write_job(folder, "digits_source", data={"source": "digits"}, model=SOURCE_MODEL,
                      train={"epochs": 4, "batch_size": 32, "optimizer": {"lr": 0.003}})
-    run_job(path, "train")
+    run_job(path)
     return folder / "runs" / "digits_source"
 
 
@@ -54,7 +52,7 @@ def test_freeze_keeps_the_first_stages_and_beats_source_only(source_run, tmp_pat
                      transfer={"source": str(source_run), "strategy": "freeze", "freeze_stages": 1,
                                "target_labels": 400},
                      train={"epochs": 3, "batch_size": 32, "optimizer": {"lr": 0.003}})
-    summary = run_job(path, "transfer")
+    summary = run_job(path)
     before, after = source_weights(source_run), read_state(summary["checkpoint"])["model"]
     stem = [k for k in before if k.startswith("stem.")]
     assert stem and all(torch.equal(before[k], after[k]) for k in stem)      # weights and BN statistics
@@ -72,7 +70,7 @@ def test_linear_probe_on_other_classes_replaces_the_head(source_run, tmp_path):
     target = {"source": "synthetic", "image_size": 8, "num_classes": 4, "color_mode": "grayscale", "count": 400}
     path = write_job(tmp_path, "probe", kind="transfer", data=target,
                      transfer={"source": str(source_run), "strategy": "linear_probe"})
-    summary = run_job(path, "transfer")
+    summary = run_job(path)
     before, after = source_weights(source_run), read_state(summary["checkpoint"])["model"]
     head = strategies.classifier_path(load_model(summary["checkpoint"]))
     assert after[f"{head}.weight"].shape[0] == 4
@@ -86,9 +84,7 @@ def test_transfer_sweep_writes_the_cross_domain_matrix(source_run, tmp_path):
                      transfer={"source": str(source_run), "target_labels": 300},
                      resources={"workers": 1, "cpus_per_worker": 0.5},
                      search={"space": {"transfer.strategy": "grid([linear_probe, full, dann])"}, "search_alg": "grid"})
-    from bigmodel_ray.recipes import tune
-
-    summary = tune.run(load_job(path), str(path), say=lambda *_: None)
+    summary = kinds.run(load_job(path), str(path), say=lambda *_: None)
     sweep = tmp_path / "runs" / "matrix"
     matrix = pd.read_csv(sweep / "matrix.csv")
     assert list(matrix["row"])[0] == "source-only" and set(matrix["row"][1:]) == {"linear_probe", "full", "dann"}
@@ -111,7 +107,7 @@ def test_dann_beats_source_only_on_a_designed_shift_over_seeds(ray_cluster, tmp_
                                               "train": {"epochs": 8, "batch_size": 32, "optimizer": {"lr": 0.003}}},
                                    "strategy": "dann", "dann": {"lambda_max": 0.3}},
                          train={"epochs": 8, "batch_size": 32, "optimizer": {"lr": 0.001}})
-        summary = run_job(path, "transfer")
+        summary = run_job(path)
         gains.append(summary["test_accuracy"] - summary["source_only"]["test_accuracy"])
         assert summary["source_test_accuracy"] > summary["source_only"]["source_test_accuracy"] - 0.05
     assert min(gains) > 0.15, gains
@@ -127,7 +123,7 @@ def multitask_run(ray_cluster, tmp_path_factory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("multitask")
     path = write_job(folder, "multi", kind="multitask", model=SOURCE_MODEL,
                      multitask={"tasks": MULTITASKS, "sampling": "round_robin"})
-    return folder / "runs" / "multi", run_job(path, "multitask")
+    return folder / "runs" / "multi", run_job(path)
 
 
 def test_multitask_run_reports_every_task(multitask_run, capsys):
@@ -156,7 +152,7 @@ def test_transfer_and_compress_take_one_task_of_a_multitask_run(multitask_run, t
                      data={"source": "digits", "shift": {"invert": True}},
                      transfer={"source": str(run_dir), "source_task": "inverted", "strategy": "linear_probe",
                                "target_labels": 200}, train={"epochs": 1, "batch_size": 32})
-    summary = run_job(path, "transfer")
+    summary = run_job(path)
     assert summary["source_only"]["source_test_accuracy"] == pytest.approx(last["inverted_test_accuracy"], abs=1e-6)
     compress = {"teacher": str(run_dir), "methods": [{"method": "prune", "amount": 0.5}]}
     spec = load_job(write_job(tmp_path, "c", kind="compress", compress={**compress, "teacher_task": "inverted"}))
@@ -195,7 +191,7 @@ def test_multitask_and_dann_models_shard_under_fsdp(ray_cluster, tmp_path, kind)
     else:
         path = write_job(tmp_path, "fsdp", kind="transfer", data={"source": "digits", "shift": {"scale": 0.7}}, train=fsdp,
                          transfer={"source": {"data": {"source": "digits"}, "model": SOURCE_MODEL}, "strategy": "dann"})
-    summary = run_job(path, kind if kind == "multitask" else "transfer")
+    summary = run_job(path)
     assert summary["test_accuracy"] > 0.3 and summary["rank_param_checksums"] is None     # sharded
 
 
@@ -286,7 +282,7 @@ def test_transfer_checks_the_source_against_the_target(source_run, tmp_path):
     for transfer, data, message in cases:
         path = write_job(tmp_path, "mismatch", kind="transfer", data=data, transfer=transfer)
         with pytest.raises(SpecError, match=None) as e:
-            run_job(path, "transfer")
+            run_job(path)
         assert str(e.value).startswith(f"{path}: ") and message in str(e.value), str(e.value)
         assert not (tmp_path / "runs" / "mismatch").exists()       # nothing written for a rejected job
 
@@ -303,11 +299,11 @@ def test_transfer_between_two_user_image_folders(ray_cluster, tmp_path):
     folder = lambda name: {"source": "image_folder", "path": str(tmp_path / name), "color_mode": "grayscale"}  # noqa: E731
     source = write_job(tmp_path, "folders_source", data=folder("upright"), model=SOURCE_MODEL,
                        train={"epochs": 6, "batch_size": 32, "optimizer": {"lr": 0.003}})
-    run_job(source, "train")
+    run_job(source)
     path = write_job(tmp_path, "folders", kind="transfer", data=folder("zoomed"),
                      transfer={"source": str(tmp_path / "runs" / "folders_source"), "target_labels": 300},
                      train={"epochs": 6, "batch_size": 32, "optimizer": {"lr": 0.003}})
-    summary = run_job(path, "transfer")
+    summary = run_job(path)
     assert summary["source_only"]["source_test_accuracy"] > 0.9
     assert summary["test_accuracy"] > summary["source_only"]["test_accuracy"] + 0.1, summary
 

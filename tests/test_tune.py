@@ -13,24 +13,23 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import ROOT
+from test_slow import _kill_run
 
+from bigmodel_ray import kinds
 from bigmodel_ray.cli import main
 from bigmodel_ray.spec import load_job
 from bigmodel_ray.train.optim import apply_hyperparameters, build_optimizer, build_scheduler
 from bigmodel_ray.tune.results import pareto_mask, read_history
 from bigmodel_ray.tune.trial import history_file
-from conftest import ROOT
-from test_slow import _kill_run
 
 # One worker at half a CPU plus the trial's driver: two trials at a time on the session's 3 CPUs.
 SWEEP_RESOURCES = {"workers": 1, "cpus_per_worker": 0.5}
 
 
 def run_sweep(job_path: Path) -> tuple[dict, pd.DataFrame, Path]:
-    from bigmodel_ray.recipes import tune as recipe
-
     spec = load_job(job_path)
-    summary = recipe.run(spec, str(job_path), say=lambda *_: None)
+    summary = kinds.run(spec, str(job_path), say=lambda *_: None)
     sweep_dir = Path(spec.storage) / spec.name
     return summary, pd.read_csv(sweep_dir / "trials.csv"), sweep_dir
 
@@ -244,14 +243,13 @@ def test_bad_compress_searches_exit_2(tmp_path, capsys, search, message):
 
 @pytest.mark.slow
 def test_compress_sweep_selects_across_trials_and_exports(ray_cluster, tmp_path):
-    from bigmodel_ray.recipes import tune as recipe
     from bigmodel_ray.spec import validate
 
     raw = {**COMPRESS_JOB, "name": "csweep", "storage": str(tmp_path / "runs"),
            "resources": {"workers": 1, "cpus_per_worker": 0.5},
            "search": {"space": {"compress.methods.0.amount": "grid([0.2, 0.6])"}, "search_alg": "grid",
                       "metric": ["val_accuracy", "bytes"]}}
-    summary = recipe.run(validate(raw, "csweep.yaml"), "csweep.yaml", say=lambda *_: None)
+    summary = kinds.run(validate(raw, "csweep.yaml"), "csweep.yaml", say=lambda *_: None)
     sweep_dir = tmp_path / "runs" / "csweep"
     trials = pd.read_csv(sweep_dir / "trials.csv")
     assert sorted(trials["compress.methods.0.amount"]) == [0.2, 0.6] and (trials["status"] == "finished").all()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from bigmodel_ray.spec import SpecError
+from bigmodel_ray.errors import SpecError
 
 
 def add_parser(sub) -> None:

@@ -7,6 +7,12 @@ their device (train/inputs.py). `load_data` puts the two together for a job.
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ray
+
+    from bigmodel_ray.data.augment import AugmentConfig
 
 SOURCES = ("digits", "mnist1d", "synthetic", "image_folder", "parquet")
 BLOCK_BYTES = 32 << 20
@@ -23,12 +29,31 @@ class DataBundle:
     device_augment: "AugmentConfig | None"    # augment.on: device — the workers warp the train batches
 
 
+def open_source(data_spec):
+    """The source's lazy datasets of stored rows, per split (sources.py, parquet.py)."""
+    from bigmodel_ray.data import parquet, sources
+
+    openers = {"parquet": parquet.open_parquet, "image_folder": sources.open_image_folder,
+               "synthetic": sources.open_synthetic}
+    return openers.get(data_spec.source, sources.open_builtin)(data_spec)
+
+
+def check_path(data_spec) -> None:
+    """The checks of a local `path` that need no Ray: a wrong path fails before Ray starts."""
+    from bigmodel_ray.data import parquet, sources
+
+    if data_spec.source == "image_folder":
+        sources.check_folder(data_spec)
+    if data_spec.source == "parquet" and "://" not in data_spec.path:
+        parquet.parquet_layout(data_spec.path)
+
+
 def open_pipeline(data_spec, seed: int = 0):
     """The opened source, the image format, and a function split -> that split's `Transform`."""
     from bigmodel_ray.data.images import ImageFormat
     from bigmodel_ray.data.pipeline import Transform, augment_config
     from bigmodel_ray.data.shift import Shift
-    from bigmodel_ray.data.sources import DataError, open_source
+    from bigmodel_ray.data.sources import DataError
 
     source = open_source(data_spec)
     if source.storage == "array":

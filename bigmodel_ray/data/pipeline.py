@@ -134,7 +134,8 @@ def labels_and_keys(batch, t: Transform):
         return class_of(ids, t.synthetic[1], t.split_seed), ids.astype(np.uint64)
     if t.storage in ("encoded", "raw"):
         return batch[t.label_column].astype(np.int64), batch["row_hash"].astype(np.uint64)
-    return batch["y"].astype(np.int64), batch["key"].astype(np.uint64) if "key" in batch else np.arange(len(batch["y"]), dtype=np.uint64)
+    keys = batch["key"].astype(np.uint64) if "key" in batch else np.arange(len(batch["y"]), dtype=np.uint64)
+    return batch["y"].astype(np.int64), keys
 
 
 def _images(batch, t: Transform, keep, key, state):

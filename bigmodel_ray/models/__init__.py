@@ -38,3 +38,8 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     if callable(units):
         return list(units())
     return [m for m in model.children() if any(True for _ in m.parameters())]
+
+
+def classifier_path(model: nn.Module) -> str:
+    """Dotted name of the classifier: the model's last Linear layer."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]

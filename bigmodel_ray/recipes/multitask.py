@@ -7,27 +7,25 @@ have one shape) and loss weight. Each optimizer step trains on one task's batch,
 folder is a train run's; its checkpoints hold the backbone and every head.
 """
 
-from bigmodel_ray.models import build_model
+from bigmodel_ray import kinds, runs
 from bigmodel_ray.data import DataBundle
 from bigmodel_ray.data.pipeline import start_state
-from bigmodel_ray.recipes import train as train_recipe
-from bigmodel_ray.recipes.transfer import open_data
-from bigmodel_ray.spec import JobSpec, SpecError
+from bigmodel_ray.errors import SpecError
+from bigmodel_ray.models import build_model
+from bigmodel_ray.spec import JobSpec
+from bigmodel_ray.train import launch
 from bigmodel_ray.transfer.objectives import MultiTask
+from bigmodel_ray.tune.trial import train_trial
 
 SPLITS = ("train", "val", "test")
 
 
-def cpus_needed(spec: JobSpec) -> float:
-    return train_recipe.cpus_needed(spec)
-
-
-def plan(spec: JobSpec, source: str) -> train_recipe.Plan:
+def plan(spec: JobSpec, source: str) -> launch.Plan:
     res, tasks = spec.resources, spec.multitask.tasks
-    use_gpu = train_recipe.uses_gpu(spec, source)
-    needs_state = any(t.data.augment is not None or t.data.on_bad_record == "skip" for t in tasks.values())
-    state = start_state() if needs_state else None
-    bundles = {name: open_data(t.data, spec, state, source, f"multitask.tasks.{name}.data") for name, t in tasks.items()}
+    use_gpu = launch.uses_gpu(spec, source)
+    state = start_state() if launch.needs_pipeline_state(*(t.data for t in tasks.values())) else None
+    bundles = {name: launch.open_data(t.data, spec, state, source, f"multitask.tasks.{name}.data")
+               for name, t in tasks.items()}
     first, shape = next(iter(bundles)), next(iter(bundles.values())).input_shape
     for name, b in bundles.items():
         if b.input_shape != shape:
@@ -40,28 +38,48 @@ def plan(spec: JobSpec, source: str) -> train_recipe.Plan:
                       rows={f"{t}_{s}": bundles[t].rows[s] for t, s in names},
                       input_shape=shape, num_classes=bundles[first].num_classes, class_names=None,
                       has_tasks=any(b.has_tasks for b in bundles.values()), device_augment=None)
-    train_recipe.check_data_cpus(data, res, source)
+    launch.check_data_cpus(data, res, source)
     try:
         model = objective.prepare(build_model(spec.model.name, shape, bundles[first].num_classes, **spec.model.args))
     except (TypeError, ValueError) as e:
         raise SpecError(f"{source}: model.args: {e}") from None
     extra = {"data_sections": {f"{t}_{s}": tasks[t].data.model_dump(mode="json") for t, s in names},
              "num_classes_of": {f"{t}_{s}": bundles[t].num_classes for t, s in names}}
-    return train_recipe.Plan(data, use_gpu, train_recipe.micro_batches(objective, data, spec),
-                             sum(p.numel() for p in model.parameters()), state, objective, extra)
+    return launch.Plan(data, use_gpu, launch.micro_batches(objective, data, spec),
+                       sum(p.numel() for p in model.parameters()), state, objective, extra)
 
 
-def describe(spec: JobSpec, job: train_recipe.Plan) -> str:
-    tasks = ", ".join(f"{name} ({t.data.source}{' shifted' if t.data.shift else ''}: "
-                      f"{job.data.rows[name + '_train']:,} train rows, weight {t.weight:g})"
-                      for name, t in spec.multitask.tasks.items())
-    return (f"multitask {spec.model.name} backbone + {len(spec.multitask.tasks)} heads ({job.params:,} params) "
-            f"on {tasks}; {spec.multitask.sampling} sampling, {job.micro_batches} steps per epoch per worker, "
-            f"{spec.resources.workers} workers")
+class MultiTaskKind:
+    resume_keys = ("model", "multitask", "seed")
+
+    def cpus_needed(self, spec: JobSpec) -> float:
+        return launch.cpus_needed(spec)
+
+    def describe(self, spec: JobSpec, job: launch.Plan) -> str:
+        tasks = ", ".join(f"{name} ({t.data.source}{' shifted' if t.data.shift else ''}: "
+                          f"{job.data.rows[name + '_train']:,} train rows, weight {t.weight:g})"
+                          for name, t in spec.multitask.tasks.items())
+        return (f"multitask {spec.model.name} backbone + {len(spec.multitask.tasks)} heads ({job.params:,} params) "
+                f"on {tasks}; {spec.multitask.sampling} sampling, {job.micro_batches} steps per epoch per worker, "
+                f"{spec.resources.workers} workers")
+
+    def run(self, spec: JobSpec, source: str, say=print) -> dict:
+        run_dir = runs.run_dir_of(spec, source)
+        runs.check_same_job(run_dir, spec, source, keys=self.resume_keys)
+        job = plan(spec, source)
+        return launch.execute(spec, source, job, run_dir, say, self.describe(spec, job))
+
+    def prepare_sweep(self, spec: JobSpec, source: str, say) -> kinds.Prepared:
+        return kinds.Prepared(spec, self.describe(spec, plan(spec, source)))
+
+    def trial_epochs(self, spec: JobSpec) -> int:
+        return spec.train.epochs
+
+    def run_trial(self, spec: JobSpec, source: str, trial) -> None:
+        train_trial(trial, spec, source, lambda: (spec, plan(spec, source)))
+
+    def finish_sweep(self, prepared: kinds.Prepared, sweep_dir, records, say) -> dict:
+        return {}
 
 
-def run(spec: JobSpec, source: str, say=print) -> dict:
-    run_dir = train_recipe.run_dir_of(spec, source)
-    train_recipe.check_same_job(run_dir, spec, source, keys=("model", "multitask", "seed"))
-    job = plan(spec, source)
-    return train_recipe.execute(spec, source, job, run_dir, say, what=describe(spec, job))
+KIND = MultiTaskKind()

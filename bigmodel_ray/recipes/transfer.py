@@ -12,29 +12,26 @@ that the strategy is judged against. Run folder: as a train run, plus `model/sta
 adapted classifier alone, loadable by `train.state.load_model`: compress and export take it).
 """
 
-import json
 import warnings
 from pathlib import Path
 
 import torch
 
-from bigmodel_ray.data import DataBundle, load_data
+from bigmodel_ray import kinds, runs
+from bigmodel_ray.data import DataBundle
 from bigmodel_ray.data.pipeline import start_state
-from bigmodel_ray.data.sources import DataError
-from bigmodel_ray.recipes import train as train_recipe
-from bigmodel_ray.spec import DataSpec, JobSpec, SpecError, validate
+from bigmodel_ray.errors import SpecError
+from bigmodel_ray.spec import DataSpec, JobSpec, validate
+from bigmodel_ray.train import launch
 from bigmodel_ray.train.inputs import ModelInputs
 from bigmodel_ray.train.shards import EvalBatches
 from bigmodel_ray.train.state import load_classifier, read_state, save_state
 from bigmodel_ray.train.steps import evaluate
-from bigmodel_ray.transfer import strategies
+from bigmodel_ray.transfer import report, strategies
 from bigmodel_ray.transfer.objectives import DANN, SOURCE_TEST, FineTune
+from bigmodel_ray.tune.trial import train_trial
 
 MODEL_DIR = "model"
-
-
-def cpus_needed(spec: JobSpec) -> float:
-    return train_recipe.cpus_needed(spec)
 
 
 def source_spec(spec: JobSpec) -> JobSpec:
@@ -48,47 +45,36 @@ def source_run(spec: JobSpec) -> Path:
     """The source's run folder (an inline source's `<name>-source` run)."""
     if isinstance(spec.transfer.source, str):
         return Path(spec.transfer.source).expanduser().resolve()
-    return train_recipe.run_dir_of(source_spec(spec), "")
+    return runs.run_dir_of(source_spec(spec), "")
 
 
 def resolve_source(spec: JobSpec, source: str, say) -> tuple[JobSpec, Path]:
     """The source run's checkpoint (training an inline source first), and the spec completed
     with the source's model and data once the run folder exists."""
-    from bigmodel_ray.recipes.compress import finished
-
     run_dir = source_run(spec)
     if isinstance(spec.transfer.source, str):
-        if not finished(run_dir):
+        if not runs.finished(run_dir):
             raise SpecError(f"{source}: transfer.source: {run_dir} is not a finished train run "
                             f"(no result.json with a checkpoint)")
         if spec.model is None or spec.transfer.source_data is None:   # the run was made after validation
             spec = validate(spec.model_dump(mode="json"), source)
     else:
         job = source_spec(spec)
-        if not finished(run_dir, job.train.epochs):
+        if not runs.finished(run_dir, job.train.epochs):
             say(f"{spec.name}: training the source model first ({job.name})")
-            train_recipe.run(job, source, say)
-    checkpoint = Path(json.loads((run_dir / train_recipe.RESULT_FILE).read_text())["checkpoint"])
-    return spec, checkpoint
+            kinds.get("train").run(job, source, say)
+    return spec, runs.result_checkpoint(run_dir)
 
 
-def open_data(data_spec: DataSpec, spec: JobSpec, state, source: str, field: str) -> DataBundle:
-    try:
-        return load_data(data_spec, spec.seed, state)
-    except DataError as e:
-        raise SpecError(f"{source}: {field}.{e.field}: {e}") from None
-
-
-def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, train_recipe.Plan, dict]:
+def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, launch.Plan, dict]:
     """Both domains' data, the source model with the strategy applied, the objective; and the
     source-only baseline."""
     spec, checkpoint = resolve_source(spec, source, say)
     tr, res = spec.transfer, spec.resources
-    use_gpu = train_recipe.uses_gpu(spec, source)
-    needs_state = any(d.augment is not None or d.on_bad_record == "skip" for d in (spec.data, tr.source_data))
-    state = start_state() if needs_state else None
-    target = open_data(spec.data, spec, state, source, "data")
-    src = open_data(tr.source_data, spec, state, source, "transfer.source_data")
+    use_gpu = launch.uses_gpu(spec, source)
+    state = start_state() if launch.needs_pipeline_state(spec.data, tr.source_data) else None
+    target = launch.open_data(spec.data, spec, state, source, "data")
+    src = launch.open_data(tr.source_data, spec, state, source, "transfer.source_data")
     if target.input_shape != src.input_shape:
         raise SpecError(f"{source}: data: target inputs are {list(target.input_shape)}, the source model's "
                         f"{list(src.input_shape)}; give data.target_size or the source's shape")
@@ -123,8 +109,8 @@ def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, train_recipe.P
     data = DataBundle(datasets=datasets, rows=rows, input_shape=target.input_shape, num_classes=target.num_classes,
                       class_names=target.class_names, has_tasks=target.has_tasks or src.has_tasks,
                       device_augment=target.device_augment)
-    train_recipe.check_data_cpus(data, res, source)
-    job = train_recipe.Plan(data, use_gpu, train_recipe.micro_batches(objective, data, spec),
+    launch.check_data_cpus(data, res, source)
+    job = launch.Plan(data, use_gpu, launch.micro_batches(objective, data, spec),
                             sum(p.numel() for p in model.parameters()), state, objective,
                             extra={"initial_model": model,
                                    "data_sections": {name: sections[name].model_dump(mode="json") for name in datasets}})
@@ -149,40 +135,8 @@ def _accuracy(model, data: DataBundle, data_spec: DataSpec, seed: int, both: boo
     return {"accuracy": result["accuracy"], "f1": result["f1"]} if both else result["accuracy"]
 
 
-def describe(spec: JobSpec, job: train_recipe.Plan) -> str:
-    tr, rows = spec.transfer, job.data.rows
-    if tr.strategy == "dann":
-        how = (f"DANN (lambda_max {tr.dann.lambda_max:g}, gamma {tr.dann.gamma:g}) on {rows['source_train']:,} "
-               f"labelled source + {rows['target_train']:,} unlabelled target rows")
-    else:
-        how = {"freeze": f"freeze the first {tr.freeze_stages} stages",
-               "discriminative": f"discriminative (backbone lr x {tr.backbone_lr_factor:g})",
-               "gradual": f"gradual unfreezing (a stage every {tr.unfreeze_every} epochs)"}.get(tr.strategy, tr.strategy)
-    labelled = "" if tr.strategy == "dann" else f" on {rows['train']:,} labelled target rows"
-    return (f"transfer {spec.model.name} ({job.params:,} params) from {tr.source_data.source} to "
-            f"{spec.data.source}{_variant(spec.data)}: {how}{labelled}, "
-            f"{spec.resources.workers} workers, {spec.train.epochs} epochs")
-
-
 def _variant(data: DataSpec) -> str:
     return " (shifted)" if data.shift else " (generator variant)" if data.generator else ""
-
-
-def run(spec: JobSpec, source: str, say=print) -> dict:
-    run_dir = train_recipe.run_dir_of(spec, source)
-    train_recipe.check_same_job(run_dir, spec, source, keys=("model", "data", "seed", "transfer"))
-    spec, job, source_only = plan(spec, source, say)
-    summary = train_recipe.execute(spec, source, job, run_dir, say, what=describe(spec, job))
-    summary["source_only"] = source_only
-    summary["source_checkpoint"] = summary["checkpoint"]
-    summary["checkpoint"] = str(save_classifier(summary["checkpoint"], run_dir / MODEL_DIR, spec.transfer.strategy))
-    if "test_accuracy" in source_only:
-        gain = summary["test_accuracy"] - source_only["test_accuracy"]
-        say(f"{spec.name}: target test accuracy {summary['test_accuracy']:.4f} vs source-only "
-            f"{source_only['test_accuracy']:.4f} ({gain * 100:+.1f} pp); source test "
-            f"{summary.get('source_test_accuracy', float('nan')):.4f} (was {source_only['source_test_accuracy']:.4f})")
-    train_recipe.write_result(run_dir, summary)
-    return summary
 
 
 def save_classifier(checkpoint: str, folder: Path, strategy: str) -> Path:
@@ -194,3 +148,60 @@ def save_classifier(checkpoint: str, folder: Path, strategy: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_state({"model": weights, "meta": state["meta"]}, folder)
     return folder
+
+
+class Transfer:
+    resume_keys = ("model", "data", "seed", "transfer")
+
+    def cpus_needed(self, spec: JobSpec) -> float:
+        return launch.cpus_needed(spec)
+
+    def describe(self, spec: JobSpec, job: launch.Plan) -> str:
+        tr, rows = spec.transfer, job.data.rows
+        if tr.strategy == "dann":
+            how = (f"DANN (lambda_max {tr.dann.lambda_max:g}, gamma {tr.dann.gamma:g}) on {rows['source_train']:,} "
+                   f"labelled source + {rows['target_train']:,} unlabelled target rows")
+        else:
+            how = {"freeze": f"freeze the first {tr.freeze_stages} stages",
+                   "discriminative": f"discriminative (backbone lr x {tr.backbone_lr_factor:g})",
+                   "gradual": f"gradual unfreezing (a stage every {tr.unfreeze_every} epochs)"}.get(tr.strategy, tr.strategy)
+        labelled = "" if tr.strategy == "dann" else f" on {rows['train']:,} labelled target rows"
+        return (f"transfer {spec.model.name} ({job.params:,} params) from {tr.source_data.source} to "
+                f"{spec.data.source}{_variant(spec.data)}: {how}{labelled}, "
+                f"{spec.resources.workers} workers, {spec.train.epochs} epochs")
+
+    def run(self, spec: JobSpec, source: str, say=print) -> dict:
+        run_dir = runs.run_dir_of(spec, source)
+        runs.check_same_job(run_dir, spec, source, keys=self.resume_keys)
+        spec, job, source_only = plan(spec, source, say)
+        summary = launch.execute(spec, source, job, run_dir, say, self.describe(spec, job))
+        summary["source_only"] = source_only
+        summary["source_checkpoint"] = summary["checkpoint"]
+        summary["checkpoint"] = str(save_classifier(summary["checkpoint"], run_dir / MODEL_DIR, spec.transfer.strategy))
+        if "test_accuracy" in source_only:
+            gain = summary["test_accuracy"] - source_only["test_accuracy"]
+            say(f"{spec.name}: target test accuracy {summary['test_accuracy']:.4f} vs source-only "
+                f"{source_only['test_accuracy']:.4f} ({gain * 100:+.1f} pp); source test "
+                f"{summary.get('source_test_accuracy', float('nan')):.4f} (was {source_only['source_test_accuracy']:.4f})")
+        runs.write_result(run_dir, summary)
+        return summary
+
+    # ---- a sweep: one source model for every trial, trained (or found) first
+    def prepare_sweep(self, spec: JobSpec, source: str, say) -> kinds.Prepared:
+        spec, job, source_only = plan(spec, source, say)
+        spec.transfer.source = str(source_run(spec))
+        return kinds.Prepared(spec, self.describe(spec, job), carry=source_only)
+
+    def trial_epochs(self, spec: JobSpec) -> int:
+        return spec.train.epochs
+
+    def run_trial(self, spec: JobSpec, source: str, trial) -> None:
+        train_trial(trial, spec, source, lambda: plan(spec, source, say=lambda _: None)[:2])
+
+    def finish_sweep(self, prepared: kinds.Prepared, sweep_dir: Path, records, say) -> dict:
+        spec = prepared.spec
+        return {"matrix": report.write_matrix(sweep_dir, records, prepared.carry, spec.search, spec.transfer.strategy,
+                                              say)}
+
+
+KIND = Transfer()

@@ -6,21 +6,19 @@ Sweep folder `<storage>/<name>/`: `spec.yaml`, Tune's experiment state and one f
 the sweep: finished trials stay finished, the others continue from their last checkpoints.
 """
 
-import json
 import math
 import os
 import shutil
 from pathlib import Path
 
-from bigmodel_ray.recipes.train import check_same_job, describe, run_dir_of
-from bigmodel_ray.runtime import RunFailed
-from bigmodel_ray.spec import JobSpec, SpecError, dump, without_search
+from bigmodel_ray import kinds, runs
+from bigmodel_ray.errors import RunFailed, SpecError
+from bigmodel_ray.spec import JobSpec, apply, dump, validate, without_search
+from bigmodel_ray.spec.space import distributions
 from bigmodel_ray.tune import results
 from bigmodel_ray.tune.progress import SweepProgress
-from bigmodel_ray.tune.space import check_space, trial_count, tune_space
-from bigmodel_ray.tune.trial import TRAIN_RUNS, checkpoints_by_age, run_trial
-
-SPEC_FILE, RESULT_FILE = "spec.yaml", "result.json"
+from bigmodel_ray.tune.space import to_tune, trial_count, trial_values, tune_space
+from bigmodel_ray.tune.trial import TRAIN_RUNS, Trial, checkpoints_by_age
 
 
 def cpus_needed(spec: JobSpec) -> float:
@@ -36,32 +34,25 @@ def cpus_needed(spec: JobSpec) -> float:
 def run(spec: JobSpec, source: str, say=print) -> dict:
     from ray import tune
 
-    search = spec.search
-    sweep_dir = run_dir_of(spec, source)
-    check_same_job(sweep_dir, spec, source, keys=[k for k in JobSpec.model_fields if k != "name"], what="sweep")
+    search, kind = spec.search, kinds.get(spec.kind)
+    sweep_dir = runs.run_dir_of(spec, source)
+    runs.check_same_job(sweep_dir, spec, source, keys=[k for k in JobSpec.model_fields if k != "name"], what="sweep")
     as_written = spec                 # spec.yaml keeps the job as given (it is what a rerun compares)
-    if spec.kind == "compress":       # one teacher for every trial, trained (or found) first
-        from bigmodel_ray.recipes import compress as compress_recipe
-
-        spec, _, teacher, _, _ = compress_recipe.prepare(spec, source, say)
-        spec.compress.teacher = str(teacher.parent)
-    source_only = None
-    if spec.kind == "transfer":       # one source model for every trial, trained (or found) first
-        from bigmodel_ray.recipes import transfer as transfer_recipe
-
-        spec, _, source_only = transfer_recipe.plan(spec, source, say)
-        spec.transfer.source = str(transfer_recipe.source_run(spec))
-    raw_job = without_search(spec.model_dump(mode="json"))
-    space = check_space(search, raw_job, source)
     concurrency = _concurrency(spec, source, say)
-    say(f"{spec.name}: sweep of {_describe(spec, source)}")   # opens the data: fails early
-    trials = trial_count(space, search)
-    say(f"{spec.name}: {trials} trials ({search.search_alg} search, {search.scheduler.name} scheduler), "
-        f"{concurrency} at a time, each {spec.resources.workers} x {spec.resources.cpus_per_worker:g} CPU + "
-        f"{search.trial_cpus:g} for its driver; optimizing {_objectives(search)}")
+    # What every trial shares, resolved once (a teacher or source model trained or found). It
+    # opens the data, so a bad job fails here, before any trial starts.
+    prepared = kind.prepare_sweep(spec.model_copy(deep=True), source, say)    # it may fill in the copy
+    spec = prepared.spec
+    raw_job = without_search(spec.model_dump(mode="json"))
+    space = distributions(search)
+    epochs = kind.trial_epochs(spec)
+    say(f"{spec.name}: sweep of {prepared.description}")
+    say(f"{spec.name}: {trial_count(space, search)} trials ({search.search_alg} search, {search.scheduler.name} "
+        f"scheduler), {concurrency} at a time, each {spec.resources.workers} x {spec.resources.cpus_per_worker:g} "
+        f"CPU + {search.trial_cpus:g} for its driver; optimizing {_objectives(search)}")
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / SPEC_FILE).write_text(dump(as_written))
+    runs.write_spec(sweep_dir, dump(as_written))
     # Tune snapshots the sweep's state this often: what a killed driver can lose on restore.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")    # Tune's own tables off: SweepProgress reports
@@ -69,8 +60,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
         tune.with_parameters(run_trial, raw_job=raw_job, source=source, sweep_dir=str(sweep_dir)),
         {"cpu": search.trial_cpus})
     if tune.Tuner.can_restore(str(sweep_dir)):
-        done = sum(r.status in ("finished", "stopped")
-                   for r in results.collect(sweep_dir, 1 if spec.kind == "compress" else spec.train.epochs))
+        done = sum(r.status in ("finished", "stopped") for r in results.collect(sweep_dir, epochs))
         say(f"{spec.name}: resuming the sweep in {sweep_dir} ({done} trials already ended)")
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -78,25 +68,17 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
                            tune_config=_tune_config(spec, space, concurrency),
                            run_config=tune.RunConfig(
                                name=spec.name, storage_path=str(sweep_dir.parent), verbose=0,
-                               callbacks=[SweepProgress(search.metrics[0], search.modes[0],
-                                                        1 if spec.kind == "compress" else spec.train.epochs)],
+                               callbacks=[SweepProgress(search.metrics[0], search.modes[0], epochs)],
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     tuner.fit()
 
-    epochs = 1 if spec.kind == "compress" else spec.train.epochs       # a compress trial reports once
     records = results.collect(sweep_dir, epochs)
     summary = {"name": spec.name, **results.write(sweep_dir, records, raw_job, search)}
-    if spec.kind == "compress" and not any(r.status == "unfinished" for r in records):
-        from bigmodel_ray.recipes import compress as compress_recipe
-
-        summary.update(compress_recipe.finish_sweep(spec, source, sweep_dir, records, say))
-    if spec.kind == "transfer":
-        from bigmodel_ray.transfer import report
-
-        summary["matrix"] = report.write_matrix(sweep_dir, records, source_only, search, spec.transfer.strategy, say)
-    (sweep_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    results.print_table(results.table(records, search.metrics), search, say)
     unfinished = [r for r in records if r.status == "unfinished"]
+    if not unfinished:
+        summary.update(kind.finish_sweep(prepared, sweep_dir, records, say))
+    runs.write_result(sweep_dir, summary)
+    results.print_table(results.table(records, search.metrics), search, say)
     if unfinished:          # Ctrl-C: Tune stopped the trials and saved the sweep
         raise KeyboardInterrupt
     shutil.rmtree(sweep_dir / TRAIN_RUNS, ignore_errors=True)
@@ -111,12 +93,13 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     return summary
 
 
-def _describe(spec: JobSpec, source: str) -> str:
-    from bigmodel_ray.recipes import multitask, plan_for, transfer
+def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str) -> None:
+    """The Tune trainable: the job with this trial's values, run by its kind."""
+    from ray import tune
 
-    spec, job = plan_for(spec, source, say=lambda _: None)
-    recipe = {"transfer": transfer, "multitask": multitask}.get(spec.kind)
-    return recipe.describe(spec, job) if recipe else describe(spec, job)
+    values = trial_values(config)
+    spec = validate(apply(raw_job, values), source)     # raw_job has no search block: nothing more to check
+    kinds.get(spec.kind).run_trial(spec, source, Trial(sweep_dir, tune.get_context().get_trial_id(), values))
 
 
 def _tune_config(spec: JobSpec, space, concurrency: int):
@@ -136,7 +119,7 @@ def _tune_config(spec: JobSpec, space, concurrency: int):
         # with trials that start ~15 s apart and 1-s epochs, who clones whom depended on timing.
         scheduler = PopulationBasedTraining(
             time_attr="epoch", perturbation_interval=sched.perturbation_interval,
-            hyperparam_mutations={path: dist.to_tune() for path, dist in space.items()},
+            hyperparam_mutations={path: to_tune(dist) for path, dist in space.items()},
             quantile_fraction=sched.quantile_fraction, resample_probability=sched.resample_probability, synch=True)
     if search.search_alg == "optuna":
         import optuna

@@ -54,20 +54,3 @@ class Classify:
 
 def prefixed(prefix: str, result: dict) -> dict[str, float]:
     return {f"{prefix}_{k}": v for k, v in result.items() if k != "count"} | {f"{prefix}_count": result["count"]}
-
-
-class Distill(Classify):
-    """Knowledge distillation (compress/distill.py): the frozen teacher sees every batch."""
-
-    def __init__(self, teacher: torch.nn.Module, temperature: float, alpha: float):
-        super().__init__()
-        self.teacher, self.temperature, self.alpha = teacher.eval(), temperature, alpha
-
-    def loss(self, model, batch):
-        from bigmodel_ray.compress.distill import kd_loss
-
-        x, y = batch
-        teacher = self.teacher.to(x.device)
-        with torch.no_grad():
-            teacher_logits = teacher(x).float()
-        return kd_loss(model(x).float(), teacher_logits, y, self.temperature, self.alpha), len(y)

@@ -14,8 +14,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
 )
+
+from bigmodel_ray.errors import SpecError
+from bigmodel_ray.models import build_model, classifier_path
 
 STATE_FILE = "state.pt"
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -90,8 +97,6 @@ def load_model(directory: str | Path, task: str | None = None) -> "torch.nn.Modu
     result is that task's classifier as a plain model (the job's architecture with the task's
     head as its classifier), so export and every other single-classifier path take it as is.
     """
-    from bigmodel_ray.models import build_model
-
     state = read_state(directory)
     meta, weights = state["meta"], state["model"]
     build = partial(build_model, meta["model"]["name"], tuple(meta["input_shape"]), **meta["model"]["args"])
@@ -107,8 +112,6 @@ def load_model(directory: str | Path, task: str | None = None) -> "torch.nn.Modu
 
 def _task_classifier(directory, weights: dict, task: str | None, build) -> "torch.nn.Module":
     """Backbone + one head of a multitask state (transfer/objectives.py: MultiTaskModel's keys)."""
-    from bigmodel_ray.transfer.strategies import classifier_path
-
     tasks = list(dict.fromkeys(key.split(".")[1] for key in weights if key.startswith("heads.")))
     if task not in tasks:
         which = f"no task {task!r}" if task is not None else "not one classifier"
@@ -126,8 +129,6 @@ def load_classifier(directory: str | Path, where: str, task: str | None = None,
                     hint: str = "") -> "torch.nn.Module":
     """`load_model` for a job's input: a checkpoint that is not one classifier (a multitask run)
     is the job's error, prefixed with `where` (file and key)."""
-    from bigmodel_ray.spec import SpecError
-
     try:
         return load_model(directory, task)
     except ValueError as e:

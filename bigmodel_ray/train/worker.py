@@ -3,7 +3,8 @@
 setup (model, strategy, optimizer, resume) -> for each epoch: train, validate on all ranks,
 log, report (+ checkpoint every N epochs); the last epoch's report carries the test metrics
 too. What is optimized and reported comes from the run's objective (train/objectives.py:
-classification by default; distillation, fine-tuning, DANN, multi-task). Rank 0 writes the epoch log and returns the test metrics, which the driver receives as
+classification by default; distillation, fine-tuning, DANN, multi-task). Rank 0 writes the
+epoch log and returns the test metrics, which the driver receives as
 `Result.return_value`. Each checkpoint holds the epoch's report next to the state, so a run
 resumed from its final checkpoint can repeat the report without training.
 """
@@ -20,6 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from bigmodel_ray.models import build_model, shard_units
+from bigmodel_ray.runs import METRICS_FILE, read_epoch_log
 from bigmodel_ray.spec import DataSpec, JobSpec
 from bigmodel_ray.train.inputs import ModelInputs
 from bigmodel_ray.train.objectives import Classify
@@ -28,7 +30,6 @@ from bigmodel_ray.train.shards import EvalBatches, TrainBatches
 from bigmodel_ray.train.state import gather_state, read_state, restore_state, save_state
 from bigmodel_ray.train.steps import evaluate, train_epoch
 
-METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.json"      # in each checkpoint: the metrics reported with it
 
 
@@ -51,13 +52,6 @@ def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device, ddp_
         return fully_shard(model)
     # DDP when world size > 1 (gloo on CPU, nccl on GPU)
     return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
-
-
-def read_epoch_log(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class EpochLog:

@@ -29,7 +29,8 @@ def matrix(records, source_only: dict, metric: str, mode: str, fixed_strategy: s
             best[strategy] = r
     for strategy, r in best.items():
         settings = ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in r.config.items() if k != STRATEGY)
-        rows.append({"row": strategy, "trial": r.trial_id, "settings": settings, "target_val_accuracy": r.last.get("val_accuracy"),
+        rows.append({"row": strategy, "trial": r.trial_id, "settings": settings,
+                     "target_val_accuracy": r.last.get("val_accuracy"),
                      "source_test_accuracy": r.last.get("source_test_accuracy"),
                      "target_test_accuracy": r.last.get("test_accuracy"), "target_test_f1": r.last.get("test_f1")})
     frame = pd.DataFrame(rows)

@@ -7,10 +7,7 @@ classifier (the last Linear layer), which `replace_head` swaps when the class co
 
 import torch.nn as nn
 
-
-def classifier_path(model: nn.Module) -> str:
-    """Dotted name of the classifier: the model's last Linear layer."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+from bigmodel_ray.models import classifier_path
 
 
 def stages(model: nn.Module) -> list[nn.Module]:

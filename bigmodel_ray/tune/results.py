@@ -16,7 +16,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bigmodel_ray.tune.space import apply, parse_distribution, trial_values
+from bigmodel_ray.spec.overrides import apply
+from bigmodel_ray.spec.space import parse_distribution
+from bigmodel_ray.tune.space import trial_values
 from bigmodel_ray.tune.trial import history_file
 
 TABLE_METRICS = ("val_accuracy", "val_f1", "val_loss", "test_accuracy", "test_f1", "params")

@@ -1,0 +1,69 @@
+"""The registry of job kinds: `kind: NAME` in a job file -> the recipe that runs it.
+
+A kind is one object (`KIND` in its recipe module) that implements `JobKind`. The command
+line, the sweep recipe and its trials look kinds up here and never branch on a kind's name;
+adding a kind is one line below, its recipe module, and (if it has options) its spec section
+named after it (spec/common.py: KindSection).
+
+Recipes are loaded by module name, on first use: nothing outside `recipes/` imports a recipe,
+so each can change on its own (tests/test_architecture.py checks it).
+"""
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+KINDS = {
+    "train": "bigmodel_ray.recipes.train",
+    "compress": "bigmodel_ray.recipes.compress",
+    "transfer": "bigmodel_ray.recipes.transfer",
+    "multitask": "bigmodel_ray.recipes.multitask",
+}
+SWEEP = "bigmodel_ray.recipes.tune"      # any kind, when the job has a `search` block
+
+
+@dataclass
+class Prepared:
+    """What a sweep's driver resolves once, before any trial: the job completed (a teacher or
+    source model trained or found), one line that describes it, and what `finish_sweep` needs."""
+    spec: Any
+    description: str
+    carry: Any = None
+
+
+class JobKind(Protocol):
+    """One job kind. `spec` is a validated JobSpec, `source` the job file (it prefixes errors),
+    `say` prints a progress line."""
+
+    def cpus_needed(self, spec) -> float:
+        """Logical CPUs an embedded Ray offers a run of this job."""
+
+    def run(self, spec, source: str, say) -> dict:
+        """Run the job into its run folder (resuming what is there); the summary in result.json."""
+
+    # ---- what a sweep of the kind needs
+    def prepare_sweep(self, spec, source: str, say) -> Prepared:
+        """On the sweep's driver, once: whatever every trial shares (opens the data: fails early)."""
+
+    def trial_epochs(self, spec) -> int:
+        """Reports a finished trial has made (the length of its history)."""
+
+    def run_trial(self, spec, source: str, trial) -> None:
+        """In the trial's process: run the trial's job, reporting to Ray Tune (tune/trial.py: Trial)."""
+
+    def finish_sweep(self, prepared: Prepared, sweep_dir, records, say) -> dict:
+        """On the sweep's driver after the trials: more of the sweep's result.json."""
+
+
+def get(kind: str) -> JobKind:
+    return importlib.import_module(KINDS[kind]).KIND
+
+
+def runner(spec):
+    """What runs this job: its kind, or a sweep of it (the sweep recipe has `run` and `cpus_needed` too)."""
+    return importlib.import_module(SWEEP) if spec.search is not None else get(spec.kind)
+
+
+def run(spec, source: str, say=print) -> dict:
+    """Run a validated job here (Ray must be up): one run of its kind, or a sweep of it."""
+    return runner(spec).run(spec, source, say)

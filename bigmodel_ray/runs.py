@@ -1,0 +1,77 @@
+"""Run folders: where a job's run lives, whether a rerun may resume it, and what it leaves.
+
+`<storage>/<name>/` holds `spec.yaml` (the resolved job), `metrics.jsonl` (one line per epoch),
+checkpoints and `result.json` (the summary). Files the user reads are replaced atomically, so a
+killed run never leaves half a file behind.
+"""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from bigmodel_ray.errors import SpecError
+
+RESULT_FILE, SPEC_FILE, METRICS_FILE = "result.json", "spec.yaml", "metrics.jsonl"
+
+
+def run_dir_of(spec, source: str) -> Path:
+    if "://" in spec.storage:
+        raise SpecError(f"{source}: storage: remote storage ({spec.storage}) is not supported yet")
+    return Path(spec.storage).expanduser().resolve() / spec.name
+
+
+def check_same_job(run_dir: Path, spec, source: str, keys=("model", "data", "seed"), what="run") -> None:
+    """Resuming is only sound for the same job (the `keys` sections); refuse rather than mix runs."""
+    old_file = run_dir / SPEC_FILE
+    if not old_file.exists():
+        return
+    old = yaml.safe_load(old_file.read_text()) or {}
+    new = spec.model_dump(mode="json")
+    for key in keys:
+        if old.get(key) != new[key]:
+            raise SpecError(f"{source}: {key}: differs from the {what} in {run_dir} that this job would resume; "
+                            f"use another name (--set name=...)")
+    done = epochs_logged(run_dir)
+    if spec.train is not None and spec.train.epochs < done:      # it would train nothing, yet relabel the run
+        raise SpecError(f"{source}: train.epochs: {spec.train.epochs} is fewer than the {done} epochs the {what} in "
+                        f"{run_dir} has trained; use another name (--set name=...) or train.epochs >= {done}")
+
+
+def read_epoch_log(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def epochs_logged(run_dir: Path) -> int:
+    return max((r["epoch"] for r in read_epoch_log(run_dir)), default=0)
+
+
+def finished(run_dir: Path, epochs: int | None = None) -> bool:
+    """Whether `run_dir` holds a finished run (of `epochs` epochs, when given)."""
+    try:
+        result = json.loads((run_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(result.get("checkpoint")) and (epochs is None or result.get("epochs") == epochs)
+
+
+def result_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a finished run's result.json names (its model)."""
+    return Path(json.loads((run_dir / RESULT_FILE).read_text())["checkpoint"])
+
+
+def write_result(run_dir: Path, summary: dict) -> None:
+    write_atomic(run_dir / RESULT_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def write_spec(run_dir: Path, text: str) -> None:
+    write_atomic(run_dir / SPEC_FILE, text)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,36 @@
+"""What every section shares: unknown keys are errors, defaults are validated too; and what a
+job kind's own section (`compress:`, `transfer:`, ...) tells the job around it."""
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+# What an epoch of a Ray Train run reports that a search may optimize (test metrics are
+# reported too but never selected on: choosing by test accuracy leaks the test set).
+EPOCH_METRICS = frozenset({"val_accuracy", "val_f1", "val_loss", "train_loss", "params", "epoch_s", "samples_per_s"})
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class KindSection(Section):
+    """The section named after a job kind. Besides its own fields it says which of the job's
+    common sections it supplies itself, and what the kind's trials report to a search."""
+
+    def supplies(self) -> frozenset[str]:
+        """Common sections (`data`, `model`) the job may leave out: the kind gets them elsewhere."""
+        return frozenset()
+
+    def complete(self, job) -> None:
+        """Fill in or check the job's common sections against this one (raise ValueError)."""
+
+    def data_sections(self) -> list[tuple[str, object]]:
+        """Data sections of its own, with their key paths (the job's `data` aside)."""
+        return []
+
+    def trial_metrics(self, job) -> frozenset[str]:
+        """What a sweep's trial of this kind reports (and so may optimize)."""
+        return EPOCH_METRICS
+
+    reports_once: ClassVar[bool] = False    # a trial reports once, at its end: early-stopping schedulers cannot judge it

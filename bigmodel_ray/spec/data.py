@@ -1,0 +1,124 @@
+"""The `data` section: where rows come from, how they are split, decoded, shifted and augmented
+(bigmodel_ray.data reads it)."""
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from bigmodel_ray.data import SOURCES
+from bigmodel_ray.data.builtin import BUILTIN, check_mnist1d_args
+from bigmodel_ray.spec.common import Section
+
+
+class AugmentSpec(Section):
+    """Keras ImageDataGenerator-style random augmentation of the train split (see data/augment.py)."""
+    rotation_range: float = Field(0.0, ge=0, le=180, description="degrees: uniform in [-r, r]")
+    width_shift_range: float = Field(0.0, ge=0, lt=1, description="fraction of the width: uniform in [-s, s]")
+    height_shift_range: float = Field(0.0, ge=0, lt=1, description="fraction of the height")
+    shear_range: float = Field(0.0, ge=0, lt=90, description="degrees: uniform in [-s, s]")
+    zoom_range: tuple[float, float] = Field((1.0, 1.0), description="[lo, hi] scale factors, x and y drawn independently")
+    horizontal_flip: bool = Field(False, description="mirror left-right with probability 1/2")
+    vertical_flip: bool = Field(False, description="mirror top-bottom with probability 1/2")
+    fill_mode: Literal["nearest", "constant", "reflect", "wrap"] = Field(
+        "nearest", description="what fills pixels moved in from outside the image")
+    cval: float = Field(0.0, ge=0, le=1, description="fill value for fill_mode constant: 0 black .. 1 white")
+    brightness_range: tuple[float, float] | None = Field(None, description="[lo, hi]: multiply pixels by U(lo, hi)")
+    on: Literal["data", "device"] = Field("data", description="data: OpenCV in Ray Data tasks; device: "
+                                                             "grid_sample on the training device (GPU)")
+
+    @field_validator("zoom_range", "brightness_range")
+    @classmethod
+    def _ordered(cls, v):
+        if v is not None and not 0 < v[0] <= v[1]:
+            raise ValueError("must be [lo, hi] with 0 < lo <= hi")
+        return v
+
+
+class NormalizeSpec(Section):
+    mean: list[float] = Field(description="per channel, after scaling pixels to 0..1")
+    std: list[float] = Field(description="per channel")
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v, info):
+        if any(s <= 0 for s in v):
+            raise ValueError("must be > 0")
+        if len(v) != len(info.data.get("mean", v)):
+            raise ValueError("must have as many entries as mean")
+        return v
+
+
+class ShiftSpec(Section):
+    """The same data, shifted: a target domain made from a real source (see data/shift.py).
+    Every split alike, before the train split's augmentation."""
+    rotation: float = Field(0.0, ge=-180, le=180, description="degrees, every image alike (2-D only)")
+    scale: float = Field(1.0, gt=0, description="zoom about the centre (images) or stretch (series)")
+    invert: bool = Field(False, description="min + max - x (255 - x for image files): dark on light "
+                                            "becomes light on dark")
+    noise: float = Field(0.0, ge=0, description="Gaussian noise, as a share of the value range")
+    blur: float = Field(0.0, ge=0, description="Gaussian blur sigma, in pixels / steps")
+    seed: int = Field(0, ge=0, description="seeds the noise (with each row's key: the same noise every epoch)")
+
+
+FILE_SOURCES = ("parquet", "image_folder")
+
+
+class DataSpec(Section):
+    source: str = Field(description="built-in set or a source kind: " + " | ".join(SOURCES))
+    path: str | None = Field(None, description="parquet: file, folder, glob or URI (s3://, gs://); "
+                                                "image_folder: a folder of class subfolders")
+    image_column: str = Field("image", description="parquet: column of encoded (PNG/JPEG) bytes or raw pixels")
+    label_column: str = Field("label", description="parquet: integer class column")
+    image_format: Literal["encoded", "raw"] = Field("encoded", description="parquet: how images are stored")
+    image_shape: tuple[int, int, int] | None = Field(None, description="parquet raw: [height, width, channels] (uint8)")
+    target_size: tuple[int, int] | None = Field(None, description="resize every image to [height, width]")
+    color_mode: Literal["rgb", "grayscale"] = Field("rgb", description="decoded channels")
+    count: int = Field(10_000, gt=0, description="synthetic: number of images")
+    image_size: int = Field(64, ge=8, description="synthetic: height and width")
+    num_classes: int = Field(10, ge=2, description="synthetic: classes")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the training rows held out for validation")
+    test_fraction: float = Field(0.15, gt=0, lt=1, description="share held out for test where the set has no test split")
+    split_seed: int = Field(0, description="fixes the train/val/test split, independent of the job seed")
+    in_memory: bool | Literal["auto"] = Field("auto", description="workers keep val/test (and un-augmented train) in "
+                                                                  "memory after the first pass; auto: built-in sets only")
+    normalize: NormalizeSpec | None = Field(None, description="per-channel mean/std after scaling to 0..1")
+    augment: AugmentSpec | None = Field(None, description="random augmentation of the train split")
+    on_bad_record: Literal["fail", "skip"] = Field("fail", description="an undecodable image: stop naming it, "
+                                                                       "or drop it and report the count at the end")
+    shift: ShiftSpec | None = Field(None, description="a shifted copy of the data (a target domain), any source")
+    generator: dict[str, Any] | None = Field(
+        None, description="mnist1d: arguments of the mnist1d generator that change the data, e.g. {scale_coeff: 0.6, "
+                          "iid_noise_scale: 0.1, corr_noise_scale: 0.5, shear_scale: 1.2, max_translation: 60, seed: 7}")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v):
+        if v not in SOURCES:
+            raise ValueError(f"must be one of {' | '.join(SOURCES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _fits_source(self):
+        if self.source in FILE_SOURCES and not self.path:
+            raise ValueError(f"path: required for source {self.source}")
+        if self.source not in FILE_SOURCES and self.path:
+            raise ValueError(f"path: only for sources {' | '.join(FILE_SOURCES)} (source is {self.source})")
+        if self.image_format == "raw" and self.image_shape is None:
+            raise ValueError("image_shape: required when image_format is raw ([height, width, channels])")
+        if self.source == "mnist1d" and self.augment is not None:
+            raise ValueError("augment: needs 2-D images; mnist1d is 1-D")
+        if self.shift is not None and self.source == "mnist1d" and self.shift.rotation:
+            raise ValueError("shift: rotation needs 2-D images; mnist1d is 1-D")
+        if self.generator is not None:
+            if self.source != "mnist1d":
+                raise ValueError(f"generator: only for source mnist1d (source is {self.source})")
+            try:
+                check_mnist1d_args(self.generator)
+            except ValueError as e:
+                raise ValueError(f"generator: {e}") from None
+        return self
+
+    @property
+    def keep_in_memory(self) -> bool:
+        return self.source in BUILTIN if self.in_memory == "auto" else self.in_memory
+

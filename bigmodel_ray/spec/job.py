@@ -1,0 +1,99 @@
+"""The job: a name, a kind, the common sections every kind uses, the kind's own section, and
+an optional `search` block that turns the job into a sweep of itself."""
+
+import re
+from typing import Literal, get_args
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from bigmodel_ray.kinds import KINDS
+from bigmodel_ray.spec.common import EPOCH_METRICS, KindSection, Section
+from bigmodel_ray.spec.compress import CompressSpec
+from bigmodel_ray.spec.data import DataSpec
+from bigmodel_ray.spec.multitask import MultiTaskSpec
+from bigmodel_ray.spec.search import SearchSpec
+from bigmodel_ray.spec.train import CheckpointSpec, FailureSpec, ModelSpec, ResourcesSpec, TrainSpec
+from bigmodel_ray.spec.transfer import TransferSpec
+
+COMMON = ("data", "model")        # sections a kind may supply itself (KindSection.supplies)
+
+
+class JobSpec(Section):
+    name: str = Field(description="run folder name under `storage`; rerunning the same name resumes it")
+    kind: Literal[tuple(KINDS)] = Field("train", description="what the job does: " + " | ".join(KINDS))
+    seed: int = Field(0, description="model init, data order and dropout")
+    storage: str = Field("runs", description="folder holding run folders")
+    data: DataSpec | None = Field(None, description="required, except in a compress job with a teacher run folder; "
+                                                    "transfer: the target domain; multitask: none (see tasks)")
+    model: ModelSpec | None = Field(None, description="required, except where it comes from a compress job's teacher "
+                                                      "or a transfer job's source")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="how the model is trained")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="the share of the cluster a run takes")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="how often and how many")
+    failure: FailureSpec = Field(default_factory=FailureSpec, description="fault tolerance")
+    compress: CompressSpec | None = Field(None, description="kind compress: the teacher and the methods")
+    transfer: TransferSpec | None = Field(None, description="kind transfer: the source and the strategy")
+    multitask: MultiTaskSpec | None = Field(None, description="kind multitask: the tasks and how batches mix")
+    search: SearchSpec | None = Field(None, description="run a Ray Tune sweep of this job instead of one run")
+
+    @property
+    def kind_section(self) -> KindSection | None:
+        """The section named after the job's kind, if the kind has one."""
+        return getattr(self, self.kind) if self.kind in KIND_SECTIONS else None
+
+    @model_validator(mode="after")
+    def _kind_sections(self):
+        for key in KIND_SECTIONS:
+            if self.kind == key and getattr(self, key) is None:
+                raise ValueError(f"{key}: required for kind {key}")
+            if self.kind != key and getattr(self, key) is not None:
+                raise ValueError(f"{key}: only for kind {key} (kind is {self.kind})")
+        own = self.kind_section
+        if own is not None:
+            own.complete(self)
+        supplied = own.supplies() if own is not None else frozenset()
+        for key in COMMON:
+            if getattr(self, key) is None and key not in supplied:
+                raise ValueError(f"{key}: required key is missing")
+        if self.search is not None:
+            self._check_objectives(own)
+        return self
+
+    def _check_objectives(self, own: KindSection | None):
+        reported = own.trial_metrics(self) if own is not None else EPOCH_METRICS
+        if own is not None and own.reports_once and self.search.scheduler.name != "fifo":
+            raise ValueError(f"search: a {self.kind} trial reports once, at its end; scheduler must be fifo")
+        for name in self.search.metrics:
+            if name not in reported:
+                raise ValueError(f"search: metric {name} is not reported by {self.kind} trials "
+                                 f"(they report {', '.join(sorted(reported))})")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("must be letters, digits, '_', '.', '-' (it names a folder)")
+        return v
+
+
+# The sections named after a kind (compress:, transfer:, ...); a kind without options has none.
+KIND_SECTIONS = tuple(kind for kind in KINDS if kind in JobSpec.model_fields and any(
+    isinstance(t, type) and issubclass(t, KindSection) for t in get_args(JobSpec.model_fields[kind].annotation)))
+
+
+def data_sections(spec: JobSpec) -> list[tuple[str, DataSpec]]:
+    """Every data section of a job, with its key path: data, and the kind's own (a transfer's
+    source data, each task's)."""
+    own = spec.kind_section
+    found = [("data", spec.data)] + (own.data_sections() if own is not None else [])
+    return [(key, section) for key, section in found if section is not None]
+
+
+def without_search(raw: dict) -> dict:
+    """The job a trial runs: everything but the `search` block."""
+    return {k: v for k, v in raw.items() if k != "search"}
+
+
+def dump(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

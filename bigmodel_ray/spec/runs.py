@@ -1,0 +1,64 @@
+"""Jobs that start from another run: a compress job's teacher, a transfer job's source.
+
+Given a run folder, the job takes that run's model, and its data (for compress: the job's data;
+for transfer: the source domain) unless the job names other data. The run folder's spec.yaml
+holds both; a multitask run's data is its task's (`<key>_task`), whose classifier (the backbone
+and that task's head) the job then takes.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from bigmodel_ray.errors import SpecError
+
+
+@dataclass(frozen=True)
+class RunInput:
+    key: str           # the field of the kind's section that names the run folder
+    what: str          # how errors call the run
+    data_path: tuple   # where the run's data goes in the job
+
+
+RUN_INPUTS = {
+    "compress": RunInput("teacher", "teacher", ("data",)),
+    "transfer": RunInput("source", "source run", ("transfer", "source_data")),
+}
+
+
+def with_run_sections(raw: dict, source: str) -> dict:
+    """The raw job with the model (and data) of the run folder its kind's section names."""
+    kind = raw.get("kind")
+    given = RUN_INPUTS.get(kind)
+    section = raw.get(kind) if given is not None else None
+    run = section.get(given.key) if isinstance(section, dict) else None
+    if not isinstance(run, str):
+        return raw
+    try:
+        run_raw = yaml.safe_load((Path(run).expanduser() / "spec.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return raw        # not trained yet: the job validates, running it says what is missing
+    if "model" in raw and raw["model"] != run_raw.get("model"):
+        raise SpecError(f"{source}: model: a {kind} job takes its {given.what}'s model; remove this section")
+    data = _run_data(run_raw, section.get(f"{given.key}_task"), source, f"{kind}.{given.key}")
+    out = {**raw, "model": run_raw.get("model")}
+    *parents, leaf = given.data_path
+    node = out
+    for key in parents:                 # copy the path down, so the caller's dict stays as it was
+        node[key] = dict(node[key])
+        node = node[key]
+    node.setdefault(leaf, data)
+    return out
+
+
+def _run_data(run_raw: dict, task, source: str, field: str):
+    if run_raw.get("kind") != "multitask":
+        if task is not None:
+            raise SpecError(f"{source}: {field}_task: {task!r}: the run is a single classifier, not multitask")
+        return run_raw.get("data")
+    tasks = ((run_raw.get("multitask") or {}).get("tasks") or {})
+    if task not in tasks:
+        which = "required" if task is None else f"{task!r} is not one"
+        raise SpecError(f"{source}: {field}_task: {which}: the run is multitask, with tasks {', '.join(tasks)}")
+    return tasks[task].get("data")

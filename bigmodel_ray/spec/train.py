@@ -1,0 +1,86 @@
+"""The `model`, `train`, `resources`, `checkpoint` and `failure` sections: what is trained, how,
+and on what share of the cluster (bigmodel_ray.models, bigmodel_ray.train, Ray Train's configs)."""
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from bigmodel_ray.models import MODELS, model_arg_names
+from bigmodel_ray.spec.common import Section
+
+
+class ModelSpec(Section):
+    name: str = Field(description="one of " + " | ".join(MODELS))
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v):
+        if v not in MODELS:
+            raise ValueError(f"must be one of {' | '.join(MODELS)}")
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _known_args(cls, v, info):
+        name = info.data.get("name")
+        unknown = sorted(set(v) - model_arg_names(name)) if name else []
+        if unknown:
+            raise ValueError(f"unknown argument {unknown[0]!r} for model {name!r} "
+                             f"(accepts {', '.join(sorted(model_arg_names(name)))})")
+        return v
+
+
+class OptimizerSpec(Section):
+    name: Literal["adam", "adamw", "sgd"] = Field("adamw", description="the torch.optim optimizer")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (after warmup)")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled for adamw, L2 for adam and sgd")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+
+
+class ScheduleSpec(Section):
+    name: Literal["constant", "cosine"] = Field("constant", description="learning rate per optimizer step")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup from 0, in epochs (fractions allowed)")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine ends at lr * min_lr_ratio")
+
+
+class TrainSpec(Section):
+    epochs: int = Field(10, gt=0, description="passes over the training data")
+    batch_size: int = Field(64, gt=0, description="per worker and micro-step")
+    grad_accum: int = Field(1, gt=0, description="micro-steps per optimizer step")
+    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy's label smoothing")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16: autocast (CPU or GPU); fp16: autocast + GradScaler (GPU only)")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp; fsdp: FSDP2 fully_shard (parameters, gradients and optimizer state sharded "
+                           "across workers; CPU/gloo and GPU/nccl)")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="see below")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="see below")
+
+
+class ResourcesSpec(Section):
+    workers: int = Field(2, gt=0, description="Ray Train workers (DDP ranks)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="also the worker's torch thread count")
+    data_cpus: float = Field(1.0, gt=0, description="CPUs kept free for Ray Data's read/decode/augment tasks; "
+                                                     "the embedded Ray counts them on top of the trainers'")
+    data_memory_mb: int = Field(256, ge=64, description="object-store memory the data pipeline may fill ahead of "
+                                                          "training; the embedded Ray's object store is 4x this")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="auto: one GPU per worker when the cluster has GPUs")
+
+    @field_validator("use_gpu", mode="before")
+    @classmethod
+    def _gpu_choice(cls, v):
+        if v not in (True, False, "auto") or isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError("must be true, false or auto")
+        return v
+
+
+class CheckpointSpec(Section):
+    every: int = Field(1, gt=0, description="checkpoint every N epochs (and always after the last)")
+    keep: int = Field(2, gt=0, description="keep the K most recent checkpoints")
+
+
+class FailureSpec(Section):
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint; -1 = forever")
+
