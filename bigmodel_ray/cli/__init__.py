@@ -12,8 +12,8 @@ from bigmodel_ray.errors import RunFailed, SpecError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from bigmodel_ray.compress.cli import add_parser as add_export_parser
-    from bigmodel_ray.data.cli import add_parser as add_data_parser
+    from bigmodel_ray.cli.data import add_parser as add_data_parser
+    from bigmodel_ray.cli.export import add_parser as add_export_parser
 
     p = argparse.ArgumentParser(prog="bigmodel-ray", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -93,7 +93,7 @@ def _jobs_command(args) -> int:
 
 
 def _data_command(args) -> None:
-    from bigmodel_ray.data import cli as data_cli
+    from bigmodel_ray.cli import data as data_cli
     from bigmodel_ray.data.images import bad_record_in
     from bigmodel_ray.data.sources import DataError
     from bigmodel_ray.runtime import start_ray
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         if args.command == "data":
             _data_command(args)
         elif args.command == "export":
-            from bigmodel_ray.compress import cli as export_cli
+            from bigmodel_ray.cli import export as export_cli
 
             return export_cli.run(args)
         elif args.command == "cluster":
