@@ -93,3 +93,29 @@ def test_cli_validate_prints_resolved_spec(tiny_job):
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "seed: 7" in out.stdout and "precision: fp32" in out.stdout and "keep: 2" in out.stdout
+
+
+def test_a_teacher_or_source_run_folder_supplies_the_model_and_data(tmp_path):
+    from bigmodel_ray.spec import dump, validate
+
+    run = tmp_path / "runs" / "teacher"
+    run.mkdir(parents=True)
+    trained = load_job(ROOT / "jobs" / "digits_cnn.yaml")
+    (run / "spec.yaml").write_text(dump(trained))
+    methods = [{"method": "prune", "amount": 0.5}]
+
+    compress = validate({"name": "c", "kind": "compress", "compress": {"teacher": str(run), "methods": methods}}, "c.yaml")
+    assert compress.model == trained.model and compress.data == trained.data
+    other = {"source": "mnist1d"}
+    compress = validate({"name": "c", "kind": "compress", "data": other,
+                         "compress": {"teacher": str(run), "methods": methods}}, "c.yaml")
+    assert compress.data.source == "mnist1d" and compress.model == trained.model   # the job's own data wins
+
+    transfer = validate({"name": "t", "kind": "transfer", "data": {"source": "digits", "shift": {"invert": True}},
+                         "transfer": {"source": str(run)}}, "t.yaml")
+    assert transfer.model == trained.model and transfer.transfer.source_data == trained.data
+
+    for kind, section in (("compress", {"teacher": str(run), "methods": methods}), ("transfer", {"source": str(run)})):
+        with pytest.raises(SpecError, match=rf"^{kind}\.yaml: model: a {kind} job takes its .*model; remove this"):
+            validate({"name": "x", "kind": kind, "data": {"source": "digits"}, "model": {"name": "mlp"}, kind: section},
+                     f"{kind}.yaml")

@@ -1,6 +1,7 @@
 """What every section shares: unknown keys are errors, defaults are validated too; and what a
 job kind's own section (`compress:`, `transfer:`, ...) tells the job around it."""
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -8,6 +9,15 @@ from pydantic import BaseModel, ConfigDict
 # What an epoch of a Ray Train run reports that a search may optimize (test metrics are
 # reported too but never selected on: choosing by test accuracy leaks the test set).
 EPOCH_METRICS = frozenset({"val_accuracy", "val_f1", "val_loss", "train_loss", "params", "epoch_s", "samples_per_s"})
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """A kind that starts from another run's model: which field of its section names the run
+    folder, what errors call that run, and where the run's data goes in the job (spec/runs.py)."""
+    key: str
+    what: str
+    data_path: tuple[str, ...]
 
 
 class Section(BaseModel):
@@ -33,4 +43,7 @@ class KindSection(Section):
         """What a sweep's trial of this kind reports (and so may optimize)."""
         return EPOCH_METRICS
 
-    reports_once: ClassVar[bool] = False    # a trial reports once, at its end: early-stopping schedulers cannot judge it
+    # A trial reports once, at its end: early-stopping schedulers cannot judge it.
+    reports_once: ClassVar[bool] = False
+    # The kind starts from a run folder's model (spec/runs.py).
+    run_input: ClassVar[RunInput | None] = None

@@ -5,7 +5,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from bigmodel_ray.spec.common import KindSection, Section
+from bigmodel_ray.spec.common import KindSection, RunInput, Section
 from bigmodel_ray.spec.train import ModelSpec
 
 
@@ -100,3 +100,4 @@ class CompressSpec(KindSection):
         return TRIAL_METRICS | {f"latency_ms_bs{b}" for b in self.measure.batch_sizes}
 
     reports_once: ClassVar[bool] = True
+    run_input: ClassVar[RunInput] = RunInput("teacher", "teacher", ("data",))

@@ -77,9 +77,11 @@ class JobSpec(Section):
         return v
 
 
-# The sections named after a kind (compress:, transfer:, ...); a kind without options has none.
-KIND_SECTIONS = tuple(kind for kind in KINDS if kind in JobSpec.model_fields and any(
-    isinstance(t, type) and issubclass(t, KindSection) for t in get_args(JobSpec.model_fields[kind].annotation)))
+# The sections named after a kind (compress:, transfer:, ...), by kind; a kind without options has none.
+SECTION_OF_KIND = {kind: t for kind in KINDS if kind in JobSpec.model_fields
+                   for t in get_args(JobSpec.model_fields[kind].annotation)
+                   if isinstance(t, type) and issubclass(t, KindSection)}
+KIND_SECTIONS = tuple(SECTION_OF_KIND)
 
 
 def data_sections(spec: JobSpec) -> list[tuple[str, DataSpec]]:

@@ -1,4 +1,5 @@
-"""Jobs that start from another run: a compress job's teacher, a transfer job's source.
+"""Jobs that start from another run (KindSection.run_input): a compress job's teacher, a
+transfer job's source.
 
 Given a run folder, the job takes that run's model, and its data (for compress: the job's data;
 for transfer: the source domain) unless the job names other data. The run folder's spec.yaml
@@ -6,31 +7,19 @@ holds both; a multitask run's data is its task's (`<key>_task`), whose classifie
 and that task's head) the job then takes.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from bigmodel_ray.errors import SpecError
-
-
-@dataclass(frozen=True)
-class RunInput:
-    key: str           # the field of the kind's section that names the run folder
-    what: str          # how errors call the run
-    data_path: tuple   # where the run's data goes in the job
-
-
-RUN_INPUTS = {
-    "compress": RunInput("teacher", "teacher", ("data",)),
-    "transfer": RunInput("source", "source run", ("transfer", "source_data")),
-}
+from bigmodel_ray.spec.job import SECTION_OF_KIND
 
 
 def with_run_sections(raw: dict, source: str) -> dict:
     """The raw job with the model (and data) of the run folder its kind's section names."""
     kind = raw.get("kind")
-    given = RUN_INPUTS.get(kind)
+    section_type = SECTION_OF_KIND.get(kind) if isinstance(kind, str) else None
+    given = section_type.run_input if section_type is not None else None
     section = raw.get(kind) if given is not None else None
     run = section.get(given.key) if isinstance(section, dict) else None
     if not isinstance(run, str):

@@ -1,11 +1,11 @@
 """The `transfer` section: the source model, the source domain's data and the strategy that
 moves the model to the job's data (bigmodel_ray.transfer)."""
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from bigmodel_ray.spec.common import KindSection, Section
+from bigmodel_ray.spec.common import KindSection, RunInput, Section
 from bigmodel_ray.spec.data import DataSpec
 from bigmodel_ray.spec.train import ModelSpec, TrainSpec
 
@@ -52,6 +52,8 @@ class TransferSpec(KindSection):
         if self.source_task is not None and not isinstance(self.source, str):
             raise ValueError("source_task: picks a task of a multitask source run; transfer.source is a train step")
         return self
+
+    run_input: ClassVar[RunInput] = RunInput("source", "source run", ("transfer", "source_data"))
 
     def supplies(self) -> frozenset[str]:
         return frozenset({"model"})        # the source's
