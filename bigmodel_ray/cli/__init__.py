@@ -98,6 +98,14 @@ def _data_command(args) -> None:
     from bigmodel_ray.data.sources import DataError
     from bigmodel_ray.runtime import start_ray
 
+    if args.data_command == "fetch":        # no Ray: a download and an unzip
+        from bigmodel_ray.data.fetch import fetch
+
+        try:
+            fetch(args.name)
+        except DataError as e:
+            raise SpecError(f"data fetch {args.name}: {e}") from None
+        return
     try:
         start_ray()
         if args.data_command == "prepare":
@@ -172,7 +180,3 @@ def main(argv=None) -> int:
         if getattr(args, "verbose", False):
             raise
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

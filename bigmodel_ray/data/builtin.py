@@ -70,7 +70,7 @@ def load_mnist1d(val_fraction: float, test_fraction: float, split_seed: int, gen
     args = get_dataset_args(as_dict=True)
     args.update({k: type(args[k])(v) for k, v in (generator or {}).items()})     # 1 -> 1.0: one cache file
     args.pop("url")
-    cache = _cache_dir() / f"mnist1d-{hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]}.npz"
+    cache = cache_dir() / f"mnist1d-{hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
@@ -93,7 +93,7 @@ def _carve_val(x, y, val_fraction: float, seed: int) -> Splits:
     return {"train": (x_train, y_train), "val": (x_val, y_val)}
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     root = Path(os.environ.get("BIGMODEL_RAY_CACHE", Path.home() / ".cache" / "bigmodel_ray"))
     root.mkdir(parents=True, exist_ok=True)
     return root
