@@ -57,7 +57,10 @@ def run(args) -> int:
 
     model, shape, default_out = load_any(Path(args.checkpoint).expanduser(), args.task)
     out = Path(args.out) if args.out else default_out
-    x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    # Token models say what their inputs look like (ids, padding); the others take floats.
+    x = model.example_inputs(64, generator) if hasattr(model, "example_inputs") else torch.randn(64, *shape,
+                                                                                                   generator=generator)
     try:
         export.to_onnx(model, x[:2], out)
     except export.ExportError as e:

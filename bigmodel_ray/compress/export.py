@@ -58,11 +58,13 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
         raise ExportError("dynamic int8 (torchao's quantized weight tensors) has no ONNX translation; "
                           "static int8 exports")
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = batch_dim()
+    dims = {0: batch_dim()}
+    if not example.is_floating_point():      # token ids: any length up to the model's max_length
+        dims[1] = torch.export.Dim("tokens", min=2, max=example.shape[1])
     try:
         with quiet():
             torch.onnx.export(inference_mode_of(model), (example,), str(path), input_names=["x"], output_names=["logits"],
-                              dynamic_shapes=({0: batch},), external_data=False)
+                              dynamic_shapes=(dims,), external_data=False)
     except Exception as e:      # the exporters raise many types; the first line says what failed
         first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(e).strip().splitlines()[0])    # no terminal colours
         raise ExportError(f"{type(e).__name__}: {first_line[:200]}") from None

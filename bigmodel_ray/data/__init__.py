@@ -3,30 +3,15 @@
 `sources.py` opens a source (built-in set, parquet, image folder, synthetic) as lazy datasets of
 stored rows per split; `pipeline.py` turns them into worker batches in Ray Data tasks (decode,
 augment the train split; `x` uint8 images or float32 series); workers scale and normalize on
-their device (train/inputs.py). `load_data` puts the two together for a job.
+their device (train/inputs.py). `load_data` puts the two together for a job; text sources
+(text.py) read, tokenize and split rows in their own Ray Data tasks.
 """
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from bigmodel_ray.data.bundle import DataBundle
 
-if TYPE_CHECKING:
-    import ray
-
-    from bigmodel_ray.data.augment import AugmentConfig
-
-SOURCES = ("digits", "mnist1d", "synthetic", "image_folder", "parquet")
+SOURCES = ("digits", "mnist1d", "synthetic", "image_folder", "parquet", "text", "reviews")
 BLOCK_BYTES = 32 << 20
-
-
-@dataclass
-class DataBundle:
-    datasets: dict[str, "ray.data.Dataset"]   # "train", "val", "test"
-    rows: dict[str, int]                      # exact, or estimated for hash-split parquet
-    input_shape: tuple[int, ...]
-    num_classes: int
-    class_names: list[str] | None
-    has_tasks: bool                           # the pipeline runs Ray Data tasks (needs CPUs beside training)
-    device_augment: "AugmentConfig | None"    # augment.on: device — the workers warp the train batches
+__all__ = ["DataBundle", "SOURCES", "check_path", "load_data", "open_pipeline", "open_source"]
 
 
 def open_source(data_spec):
@@ -44,8 +29,12 @@ def check_path(data_spec) -> None:
 
     if data_spec.source == "image_folder":
         sources.check_folder(data_spec)
-    if data_spec.source == "parquet" and "://" not in data_spec.path:
+    if data_spec.source in ("parquet", "text") and "://" not in data_spec.path:
         parquet.parquet_layout(data_spec.path)
+    if data_spec.source == "reviews":
+        from bigmodel_ray.data.fetch import path_of
+
+        path_of("reviews")
 
 
 def open_pipeline(data_spec, seed: int = 0):
@@ -92,6 +81,10 @@ def load_data(data_spec, seed: int = 0, state=None) -> DataBundle:
     """The job's splits as Ray Datasets (needs a running Ray). `state`: a PipelineState actor."""
     from bigmodel_ray.data.pipeline import batch_rows, transform_blocks
 
+    if data_spec.text is not None:
+        from bigmodel_ray.data.text import load_text
+
+        return load_text(data_spec, state)
     source, fmt, input_shape, transform, device_aug = open_pipeline(data_spec, seed)
     datasets, has_tasks = {}, False
     for name, ds in source.splits.items():

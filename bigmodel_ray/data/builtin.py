@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -18,6 +17,7 @@ Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 def load_digits(val_fraction: float, test_fraction: float, split_seed: int) -> Splits:
     """1,797 real 8x8 handwritten digits (UCI optdigits), pixel values 0..16 scaled to 0..1."""
     from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
 
     bunch = sk_load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[:, None]          # (n, 1, 8, 8)
@@ -86,6 +86,8 @@ def load_mnist1d(val_fraction: float, test_fraction: float, split_seed: int, gen
 
 
 def _carve_val(x, y, val_fraction: float, seed: int) -> Splits:
+    from sklearn.model_selection import train_test_split  # here: every data task imports this module
+
     if val_fraction == 0:
         return {"train": (x, y), "val": (x[:0], y[:0])}
     x_train, x_val, y_train, y_val = train_test_split(

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from bigmodel_ray.models.cnn import CNN1d, CNN2d
 from bigmodel_ray.models.mlp import MLP
+from bigmodel_ray.models.text import TextTransformer
 from bigmodel_ray.models.transformer import TransformerClassifier
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -19,7 +20,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn1d": CNN1d,
     "cnn2d": CNN2d,
     "transformer": TransformerClassifier,
+    "text_transformer": TextTransformer,      # token ids (text sources)
 }
+
+
+def takes_tokens(name: str) -> bool:
+    """Whether the model reads token ids (it has a vocabulary) rather than images or series."""
+    return "vocab_size" in model_arg_names(name)
 
 
 def model_arg_names(name: str) -> set[str]:

@@ -60,7 +60,20 @@ class ShiftSpec(Section):
     seed: int = Field(0, ge=0, description="seeds the noise (with each row's key: the same noise every epoch)")
 
 
-FILE_SOURCES = ("parquet", "image_folder")
+class TextSpec(Section):
+    """Text rows: the columns joined, tokenized in Ray Data tasks by a Hugging Face `tokenizers`
+    tokenizer trained on the train split (data/text.py)."""
+    columns: list[str] = Field(min_length=1, description="text column(s), joined by a newline (e.g. [Title, Review Text])")
+    tokenizer: Literal["bpe", "wordpiece"] = Field("bpe", description="the tokenizer trained on the train split "
+                                                                      "(saved in the run folder, reused on resume)")
+    vocab_size: int = Field(8000, ge=64, le=1_000_000, description="the trained tokenizer's vocabulary, special tokens included")
+    max_length: int = Field(128, ge=2, le=65536, description="tokens kept per row ([CLS] included); longer rows are truncated")
+    lowercase: bool = Field(True, description="lowercase text before tokenizing")
+
+
+FILE_SOURCES = ("parquet", "image_folder", "text")
+TEXT_SOURCES = ("text", "reviews")     # reviews: `bigmodel-ray data fetch reviews`, real e-commerce reviews
+REVIEW_COLUMNS = ["Title", "Review Text"]
 
 
 class DataSpec(Section):
@@ -68,7 +81,8 @@ class DataSpec(Section):
     path: str | None = Field(None, description="parquet: file, folder, glob or URI (s3://, gs://); "
                                                 "image_folder: a folder of class subfolders")
     image_column: str = Field("image", description="parquet: column of encoded (PNG/JPEG) bytes or raw pixels")
-    label_column: str = Field("label", description="parquet: integer class column")
+    label_column: str = Field("label", description="parquet: integer class column; text: integer or string classes "
+                                                   "(class names sorted)")
     image_format: Literal["encoded", "raw"] = Field("encoded", description="parquet: how images are stored")
     image_shape: tuple[int, int, int] | None = Field(None, description="parquet raw: [height, width, channels] (uint8)")
     target_size: tuple[int, int] | None = Field(None, description="resize every image to [height, width]")
@@ -80,12 +94,14 @@ class DataSpec(Section):
     test_fraction: float = Field(0.15, gt=0, lt=1, description="share held out for test where the set has no test split")
     split_seed: int = Field(0, description="fixes the train/val/test split, independent of the job seed")
     in_memory: bool | Literal["auto"] = Field("auto", description="workers keep val/test (and un-augmented train) in "
-                                                                  "memory after the first pass; auto: built-in sets only")
+                                                                  "memory after the first pass; auto: built-in sets and reviews")
     normalize: NormalizeSpec | None = Field(None, description="per-channel mean/std after scaling to 0..1")
     augment: AugmentSpec | None = Field(None, description="random augmentation of the train split")
     on_bad_record: Literal["fail", "skip"] = Field("fail", description="an undecodable image: stop naming it, "
                                                                        "or drop it and report the count at the end")
     shift: ShiftSpec | None = Field(None, description="a shifted copy of the data (a target domain), any source")
+    text: TextSpec | None = Field(None, description="text sources: the text columns and the tokenizer (reviews: "
+                                                    "[Title, Review Text] by default)")
     generator: dict[str, Any] | None = Field(
         None, description="mnist1d: arguments of the mnist1d generator that change the data, e.g. {scale_coeff: 0.6, "
                           "iid_noise_scale: 0.1, corr_noise_scale: 0.5, shear_scale: 1.2, max_translation: 60, seed: 7}")
@@ -97,12 +113,25 @@ class DataSpec(Section):
             raise ValueError(f"must be one of {' | '.join(SOURCES)}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _review_columns(cls, v):
+        if isinstance(v, dict) and v.get("source") == "reviews" and v.get("text") is None:
+            v = {**v, "text": {"columns": REVIEW_COLUMNS}}
+        return v
+
     @model_validator(mode="after")
     def _fits_source(self):
         if self.source in FILE_SOURCES and not self.path:
             raise ValueError(f"path: required for source {self.source}")
         if self.source not in FILE_SOURCES and self.path:
             raise ValueError(f"path: only for sources {' | '.join(FILE_SOURCES)} (source is {self.source})")
+        if (self.source in TEXT_SOURCES) != (self.text is not None):
+            raise ValueError(f"text: {'required' if self.text is None else 'only'} for text sources "
+                             f"({' | '.join(TEXT_SOURCES)}; source is {self.source})")
+        for key in ("augment", "shift", "normalize"):
+            if self.text is not None and getattr(self, key) is not None:
+                raise ValueError(f"{key}: for images and series, not text")
         if self.image_format == "raw" and self.image_shape is None:
             raise ValueError("image_shape: required when image_format is raw ([height, width, channels])")
         if self.source == "mnist1d" and self.augment is not None:
@@ -120,5 +149,6 @@ class DataSpec(Section):
 
     @property
     def keep_in_memory(self) -> bool:
-        return self.source in BUILTIN if self.in_memory == "auto" else self.in_memory
+        # auto: the built-in sets and the reviews (token ids: ~12 MB): small enough for every worker
+        return self.source in (*BUILTIN, "reviews") if self.in_memory == "auto" else self.in_memory
 

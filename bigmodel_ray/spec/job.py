@@ -8,6 +8,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from bigmodel_ray.kinds import KINDS
+from bigmodel_ray.models import takes_tokens
 from bigmodel_ray.spec.common import EPOCH_METRICS, KindSection, Section
 from bigmodel_ray.spec.compress import CompressSpec
 from bigmodel_ray.spec.data import DataSpec
@@ -56,9 +57,25 @@ class JobSpec(Section):
         for key in COMMON:
             if getattr(self, key) is None and key not in supplied:
                 raise ValueError(f"{key}: required key is missing")
+        self._check_inputs()
         if self.search is not None:
             self._check_objectives(own)
         return self
+
+    def _check_inputs(self):
+        """Token models take text, the others images or series; a token model's vocabulary is
+        the tokenizer's unless model.args says otherwise."""
+        if self.model is None or self.data is None:
+            return
+        text = self.data.text
+        if takes_tokens(self.model.name) != (text is not None):
+            raise ValueError(f"model: {self.model.name} takes {'token ids' if text is None else 'images or series'}, "
+                             f"and data.source {self.data.source} gives {'text' if text else 'images or series'}")
+        if text is not None:
+            vocab = self.model.args.setdefault("vocab_size", text.vocab_size)
+            if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < text.vocab_size:
+                raise ValueError(f"model.args.vocab_size: {vocab} is smaller than data.text.vocab_size "
+                                 f"{text.vocab_size}")
 
     def _check_objectives(self, own: KindSection | None):
         reported = own.trial_metrics(self) if own is not None else EPOCH_METRICS

@@ -1,4 +1,7 @@
-"""Batches as stored by the data pipeline -> the model's float inputs, on the training device.
+"""Batches as stored by the data pipeline -> the model's inputs, on the training device.
+
+Token ids (text) are trimmed to the batch's longest row: rows are stored padded to max_length,
+and attention costs what the batch needs. Images and series become floats:
 
 uint8 images are scaled to 0..1 here rather than in the pipeline (a quarter of the bytes to
 move and cache); then the train split's device augmentation (`augment.on: device`) and the
@@ -11,12 +14,16 @@ import torch
 
 class ModelInputs:
     def __init__(self, data_spec, seed: int, device_augment_cfg=None):
+        self.tokens = data_spec.text is not None
         norm = data_spec.normalize
         self.mean = torch.tensor(norm.mean) if norm else None
         self.std = torch.tensor(norm.std) if norm else None
         self.augment_cfg, self.seed = device_augment_cfg, seed
 
     def __call__(self, x: torch.Tensor, key: torch.Tensor | None = None, epoch: int = 0) -> torch.Tensor:
+        if self.tokens:     # token ids padded to max_length with 0: trim to the batch's longest row
+            width = int((x != 0).sum(1).max()) if len(x) else 1
+            return x[:, :max(width, 1)].long()
         x = x.float().mul_(1 / 255) if x.dtype == torch.uint8 else x.float()
         if self.augment_cfg is not None and key is not None:
             from bigmodel_ray.data.pipeline import device_augment

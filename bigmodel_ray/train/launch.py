@@ -174,6 +174,8 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say, what: str
     say(f"{spec.name}: {what}")
     run_dir.mkdir(parents=True, exist_ok=True)       # only now: a rejected job writes nothing
     runs.write_spec(run_dir, dump(spec))
+    for name, text in job.data.artifacts.items():      # e.g. the tokenizer the data was tokenized with
+        runs.write_atomic(run_dir / name, text)
     done_before = runs.epochs_logged(run_dir)
     if done_before:
         say(f"{spec.name}: resuming from the last checkpoint in {run_dir} ({done_before} epochs logged)")

@@ -1,0 +1,21 @@
+"""What a job's data is once opened: its splits as Ray Datasets, and what the model needs to know."""
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ray
+
+    from bigmodel_ray.data.augment import AugmentConfig
+
+
+@dataclass
+class DataBundle:
+    datasets: dict[str, "ray.data.Dataset"]   # "train", "val", "test"
+    rows: dict[str, int]                      # exact, or estimated for hash-split parquet
+    input_shape: tuple[int, ...]
+    num_classes: int
+    class_names: list[str] | None
+    has_tasks: bool                           # the pipeline runs Ray Data tasks (needs CPUs beside training)
+    device_augment: "AugmentConfig | None"    # augment.on: device — the workers warp the train batches
+    artifacts: dict[str, str] = field(default_factory=dict)   # files the run folder keeps (a tokenizer)

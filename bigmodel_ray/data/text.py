@@ -1,0 +1,210 @@
+"""Text sources: rows of one or more text columns and a label, tokenized in Ray Data tasks.
+
+`data.source: text` reads parquet at `path` (a file, folder or glob); `reviews` is the real
+e-commerce reviews set (`bigmodel-ray data fetch reviews`). Rows are split by a seeded hash of
+their key, like parquet images. The tokenizer (Hugging Face `tokenizers`: BPE or WordPiece) is
+trained on the train split's text, streamed through Ray Data, once per data and tokenizer
+settings: it is cached under that key and kept in the run folder (`tokenizer.json`), so a
+resumed run tokenizes exactly as before.
+
+Rows leave the pipeline as `x`: int32 (max_length,) token ids, [CLS] first, padded with [PAD]
+(id 0); the worker trims each batch to its longest row (train/inputs.py), so a batch of short
+reviews costs what its own rows need, not max_length. Labels are integer classes, or strings
+mapped to their index among the sorted class names. A row with no text, or with no label, is a
+bad record (`data.on_bad_record`).
+"""
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from bigmodel_ray.data.builtin import cache_dir
+from bigmodel_ray.data.bundle import DataBundle
+from bigmodel_ray.data.images import BadRecord
+from bigmodel_ray.data.pipeline import in_split
+from bigmodel_ray.data.sources import SPLITS, DataError, split_shares
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]     # ids 0..4, in this order
+PAD_ID, CLS_ID = 0, 2
+TOKENIZER_FILE = "tokenizer.json"
+READ_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class TextTransform:
+    columns: tuple[str, ...]
+    label_column: str
+    classes: tuple[str, ...] | None         # string labels: the sorted class names; None: integers
+    tokenizer_json: str
+    max_length: int
+    split_seed: int
+    keep_share: tuple[float, float]
+    skip_bad: bool = False
+
+
+def source_path(spec) -> str:
+    if spec.source == "reviews":
+        from bigmodel_ray.data.fetch import path_of
+
+        return str(path_of("reviews"))
+    return spec.path
+
+
+def load_text(spec, state=None) -> DataBundle:
+    """The job's text splits as Ray Datasets of token ids (needs a running Ray)."""
+
+    path = source_path(spec)
+    columns = list(spec.text.columns)
+    classes, rows = _labels_and_rows(path, columns, spec.label_column)
+    shares = split_shares(spec)
+    tokenizer_json = tokenizer_for(spec, path, shares["train"])
+    base = dict(columns=tuple(columns), label_column=spec.label_column, classes=classes,
+                tokenizer_json=tokenizer_json, max_length=spec.text.max_length, split_seed=spec.split_seed,
+                skip_bad=spec.on_bad_record == "skip")
+    datasets = {}
+    for name in SPLITS:
+        t = TextTransform(keep_share=shares[name], **base)
+        datasets[name] = _read(path, columns + [spec.label_column]).map_batches(
+            tokenize_batch, fn_kwargs={"t": t, "state": state}, batch_format="numpy", batch_size=None)
+    num_classes = len(classes) if classes is not None else rows["max_label"] + 1
+    return DataBundle(datasets=datasets, rows={name: round(rows["total"] * (hi - lo)) for name, (lo, hi) in shares.items()},
+                      input_shape=(spec.text.max_length,), num_classes=num_classes,
+                      class_names=list(classes) if classes is not None else None, has_tasks=True,
+                      device_augment=None, artifacts={TOKENIZER_FILE: tokenizer_json})
+
+
+def _read(path: str, columns: list[str]):
+    import ray.data
+
+    return ray.data.read_parquet(path, columns=columns, include_paths=True, include_row_hash=True)
+
+
+def _labels_and_rows(path: str, columns: list[str], label_column: str):
+    """Sorted class names (string labels) or None, and the row count and largest integer label:
+    from the label column alone (one narrow read on the driver)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    try:
+        ds = pads.dataset(path, format="parquet")
+    except (OSError, ValueError) as e:
+        raise DataError("path", f"cannot read parquet at {path}: {e}") from None
+    names = ds.schema.names
+    for key, column in [("text.columns", c) for c in columns] + [("label_column", label_column)]:
+        if column not in names:
+            raise DataError(key, f"column {column!r} is not in {path} (columns: {', '.join(names)})")
+    labels = ds.to_table(columns=[label_column]).column(0)
+    rows = {"total": len(labels), "max_label": 0}
+    if pa.types.is_integer(labels.type):
+        rows["max_label"] = int(pc.max(labels).as_py() or 0)
+        if (pc.min(labels).as_py() or 0) < 0:
+            raise DataError("label_column", f"column {label_column!r} has negative classes")
+        return None, rows
+    if not (pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type)):
+        raise DataError("label_column", f"column {label_column!r} is {labels.type}, not integer or string classes")
+    return tuple(sorted(v for v in pc.unique(labels).to_pylist() if v is not None)), rows
+
+
+def tokenizer_for(spec, path: str, train_share: tuple[float, float]) -> str:
+    """The tokenizer trained on the train split's text (as JSON), from the cache when it was trained before."""
+    from pathlib import Path
+
+    t = spec.text
+    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(_files(Path(path)))]
+    key = json.dumps([stamp, t.model_dump(mode="json"), spec.label_column, spec.split_seed, spec.val_fraction,
+                      spec.test_fraction], sort_keys=True)
+    cached = cache_dir() / "tokenizers" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if cached.exists():
+        return cached.read_text()
+    tokenizer = new_tokenizer(t.tokenizer, t.lowercase, t.max_length)
+    trainer = _trainer(t.tokenizer, t.vocab_size)
+    probe = TextTransform(columns=tuple(t.columns), label_column=spec.label_column, classes=None, tokenizer_json="",
+                          max_length=t.max_length, split_seed=spec.split_seed, keep_share=train_share, skip_bad=True)
+    texts = (text for batch in _read(path, list(t.columns) + [spec.label_column]).iter_batches(
+        batch_size=READ_ROWS, batch_format="numpy") for text in _texts(batch, probe)[0] if text)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(tokenizer.to_str())
+    tmp.replace(cached)
+    return cached.read_text()
+
+
+def new_tokenizer(kind: str, lowercase: bool, max_length: int):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    if kind == "bpe":      # byte-level BPE (GPT-2's): every string has a tokenization, no [UNK]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+    else:
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else []))
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", CLS_ID)])
+    tok.enable_truncation(max_length)
+    return tok
+
+
+def _trainer(kind: str, vocab_size: int):
+    from tokenizers import pre_tokenizers, trainers
+
+    if kind == "bpe":
+        return trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    return trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(tokenizer_json: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer_json)
+
+
+def _texts(batch, t: TextTransform):
+    """The joined text of the batch's rows in this split, their keys, and their origins."""
+    key = batch["row_hash"].astype(np.uint64)
+    keep = in_split(key, t)
+    parts = [batch[c][keep] for c in t.columns]
+    texts = ["\n".join(str(v).strip() for v in row if v is not None and str(v).strip()) for row in zip(*parts)]
+    return texts, key[keep], keep
+
+
+def tokenize_batch(batch: dict[str, np.ndarray], t: TextTransform, state=None) -> dict[str, np.ndarray]:
+    """Stored rows -> {"x": int32 (n, max_length) token ids, "y": int64} for this split's rows."""
+    texts, key, keep = _texts(batch, t)
+    labels = batch[t.label_column][keep]
+    paths = batch["path"][keep]
+    ok, y, bad = np.ones(len(texts), bool), np.zeros(len(texts), np.int64), []
+    index = {name: i for i, name in enumerate(t.classes)} if t.classes is not None else None
+    for i, (text, label) in enumerate(zip(texts, labels)):
+        problem = "no text" if not text else "no label" if label is None or label != label else None
+        if problem is None and index is not None:
+            y[i] = index.get(label, -1)
+        elif problem is None:
+            y[i] = int(label)
+        if problem or y[i] < 0:
+            origin = f"{paths[i]} (row_hash {key[i]})"
+            if not t.skip_bad:
+                raise BadRecord(f"{origin}: {problem or f'label {label!r} is not a known class'}")
+            ok[i] = False
+            bad.append((origin, problem or "unknown label"))
+    if bad and state is not None:
+        import ray
+
+        ray.get(state.record_skipped.remote(bad))
+    encoded = _loaded(t.tokenizer_json).encode_batch([text for text, good in zip(texts, ok) if good])
+    x = np.zeros((len(encoded), t.max_length), np.int32)        # [PAD] = 0
+    for i, e in enumerate(encoded):
+        x[i, :len(e.ids)] = e.ids
+    return {"x": x, "y": y[ok]}
+
+
+def _files(path):
+    return [path] if path.is_file() else [p for p in path.rglob("*.parquet")] if path.is_dir() else []
