@@ -12,6 +12,11 @@ from bigmodel_ray.spec.common import Section
 class ModelSpec(Section):
     name: str = Field(description="one of " + " | ".join(MODELS))
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model")
+    init_from: str | None = Field(None, description="start from weights you have: a local .safetensors file, or a "
+                                                    "state dict / checkpoint saved by torch (loaded with "
+                                                    "weights_only); a train run's state.pt works too")
+    init_strict: bool = Field(True, description="init_from: every key must match the model, same shapes; false: "
+                                                "load the keys that match, keep the rest freshly initialized")
 
     @field_validator("name")
     @classmethod

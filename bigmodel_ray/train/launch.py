@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bigmodel_ray import runs
 from bigmodel_ray.data import DataBundle, load_data
 from bigmodel_ray.data.images import bad_record_in
@@ -24,6 +26,7 @@ from bigmodel_ray.errors import RunFailed, SpecError
 from bigmodel_ray.models import build_model
 from bigmodel_ray.progress import EpochPrinter
 from bigmodel_ray.spec import DataSpec, JobSpec, dump
+from bigmodel_ray.train.init import init_from
 from bigmodel_ray.train.objectives import Classify
 from bigmodel_ray.train.worker import train_worker
 
@@ -50,11 +53,20 @@ def plan_classifier(spec: JobSpec, source: str) -> Plan:
     state = start_state() if needs_pipeline_state(spec.data) else None
     data = open_data(spec.data, spec, state, source, "data")
     check_data_cpus(data, spec.resources, source)
+    torch.manual_seed(spec.seed)          # as the workers do: the same fresh weights where init_from has none
     try:   # the model's own argument checks, before any worker starts
         model = build_model(spec.model.name, data.input_shape, data.num_classes, **spec.model.args)
     except (TypeError, ValueError) as e:
         raise SpecError(f"{source}: model.args: {e}") from None
-    return Plan(data, use_gpu, micro_batches(Classify(), data, spec), sum(p.numel() for p in model.parameters()), state)
+    extra = {}
+    if spec.model.init_from is not None:   # checked here, in one line; the workers start from this model
+        try:
+            init_from(model, spec.model.init_from, spec.model.init_strict)
+        except ValueError as e:
+            raise SpecError(f"{source}: model.init_from: {e}") from None
+        extra["initial_model"] = model
+    return Plan(data, use_gpu, micro_batches(Classify(), data, spec), sum(p.numel() for p in model.parameters()), state,
+                extra=extra)
 
 
 def needs_pipeline_state(*sections: DataSpec) -> bool:
