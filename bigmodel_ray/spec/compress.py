@@ -70,7 +70,8 @@ class SelectSpec(Section):
 
 
 class CompressSpec(KindSection):
-    teacher: str | None = Field(None, description="a finished train run folder; none: train this job's own "
+    teacher: str | None = Field(None, description="a finished train or transfer run folder (multitask: with "
+                                                  "teacher_task); none: train this job's own "
                                                   "data/model/train sections first (<name>-teacher)")
     teacher_task: str | None = Field(None, description="a multitask teacher run: the task whose classifier "
                                                        "(the backbone and that task's head) is compressed")

@@ -21,7 +21,8 @@ COMMON = ("data", "model")        # sections a kind may supply itself (KindSecti
 
 
 class JobSpec(Section):
-    name: str = Field(description="run folder name under `storage`; rerunning the same name resumes it")
+    name: str = Field(description="run folder name under `storage` (default: the job file's name); rerunning "
+                                  "the same name resumes it")
     kind: Literal[tuple(KINDS)] = Field("train", description="what the job does: " + " | ".join(KINDS))
     seed: int = Field(0, description="model init, data order and dropout")
     storage: str = Field("runs", description="folder holding run folders")
