@@ -6,6 +6,7 @@ from safetensors.torch import save_file
 
 from bigmodel_ray.cli import main
 from bigmodel_ray.models import build_model
+from bigmodel_ray.runs import result_checkpoint
 from bigmodel_ray.train.init import init_from
 from bigmodel_ray.train.state import read_state
 
@@ -59,7 +60,7 @@ def test_a_run_starts_from_the_file_and_a_wrong_file_exits_2(tiny_job, tmp_path,
     job = tiny_job("init", model={"init_from": str(path)}, train={"epochs": 1, "optimizer": {"lr": 1e-9}})
     assert main(["run", str(job)]) == 0
     run = tmp_path / "runs" / "init"
-    trained = read_state(next(run.glob("checkpoint_*")))["model"]
+    trained = read_state(result_checkpoint(run))["model"]
     for key, value in start.state_dict().items():        # lr 1e-9: one epoch leaves the weights where they began
         if value.is_floating_point() and "running" not in key:
             assert torch.allclose(trained[key], value, atol=1e-6), key
