@@ -11,10 +11,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+# Validation metrics shown per epoch, where the run's task reports them
+SHOWN = {"val_loss": "val_loss", "val_accuracy": "val_acc", "val_f1": "val_f1", "val_perplexity": "val_ppl",
+         "val_bpc": "val_bpc"}
+
 
 def format_epoch(row: dict, epochs: int) -> str:
-    return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  train_loss {row['train_loss']:.4f}  "
-            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  val_f1 {row['val_f1']:.4f}  "
+    val = "  ".join(f"{label} {row[key]:.4f}" for key, label in SHOWN.items() if key in row)
+    return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  train_loss {row['train_loss']:.4f}  {val}  "
             f"lr {row['lr']:.2e}  {row['samples_per_s']:,.0f} samples/s  {row['epoch_s']:.1f}s")
 
 

@@ -53,3 +53,19 @@ def tiny_job(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def reviews_subset(tmp_path_factory):
+    """3,000 real reviews (title, text, department as a string) as a parquet file of our own."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bigmodel_ray.data.fetch import fetch
+
+    source = fetch("reviews", say=lambda _: None)[0]
+    table = pq.read_table(source, columns=["Title", "Review Text", "Department Name"])
+    table = table.filter(pa.compute.is_in(table["Department Name"], pa.array(["Tops", "Dresses", "Bottoms"])))
+    path = tmp_path_factory.mktemp("reviews") / "reviews.parquet"
+    pq.write_table(table.slice(0, 3000), path)
+    return path

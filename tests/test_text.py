@@ -4,8 +4,6 @@ model's padding mask, and a 2-worker run whose tokenizer is kept and reused on r
 import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -96,19 +94,6 @@ def test_token_models_and_text_go_together_and_the_vocabulary_follows_the_tokeni
     with pytest.raises(SpecError, match="model.args.vocab_size: 100 is smaller than data.text.vocab_size 8000"):
         validate({"name": "t", "data": TEXT, "model": {"name": "text_transformer", "args": {"vocab_size": 100}}},
                  "t.yaml")
-
-
-@pytest.fixture(scope="module")
-def reviews_subset(tmp_path_factory):
-    """3,000 real reviews (title, text, department as a string) as a parquet file of our own."""
-    from bigmodel_ray.data.fetch import fetch
-
-    source = fetch("reviews", say=lambda _: None)[0]
-    table = pq.read_table(source, columns=["Title", "Review Text", "Department Name"])
-    table = table.filter(pa.compute.is_in(table["Department Name"], pa.array(["Tops", "Dresses", "Bottoms"])))
-    path = tmp_path_factory.mktemp("reviews") / "reviews.parquet"
-    pq.write_table(table.slice(0, 3000), path)
-    return path
 
 
 @pytest.mark.usefixtures("ray_cluster")

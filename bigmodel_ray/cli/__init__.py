@@ -14,6 +14,7 @@ from bigmodel_ray.errors import RunFailed, SpecError
 def _parser() -> argparse.ArgumentParser:
     from bigmodel_ray.cli.data import add_parser as add_data_parser
     from bigmodel_ray.cli.export import add_parser as add_export_parser
+    from bigmodel_ray.cli.generate import add_parser as add_generate_parser
 
     p = argparse.ArgumentParser(prog="bigmodel-ray", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     add_data_parser(sub)
     add_export_parser(sub)
+    add_generate_parser(sub)
     return p
 
 
@@ -160,6 +162,10 @@ def main(argv=None) -> int:
             from bigmodel_ray.cli import export as export_cli
 
             return export_cli.run(args)
+        elif args.command == "generate":
+            from bigmodel_ray.cli import generate
+
+            return generate.run(args)
         elif args.command == "cluster":
             from bigmodel_ray import cluster
 

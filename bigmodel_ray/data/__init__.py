@@ -77,14 +77,15 @@ def open_pipeline(data_spec, seed: int = 0):
     return source, fmt, input_shape, transform, (aug if on_device else None)
 
 
-def load_data(data_spec, seed: int = 0, state=None) -> DataBundle:
-    """The job's splits as Ray Datasets (needs a running Ray). `state`: a PipelineState actor."""
+def load_data(data_spec, seed: int = 0, state=None, task: str = "classify") -> DataBundle:
+    """The job's splits as Ray Datasets (needs a running Ray). `state`: a PipelineState actor;
+    `task`: lm reads text without labels (train.task)."""
     from bigmodel_ray.data.pipeline import batch_rows, transform_blocks
 
     if data_spec.text is not None:
         from bigmodel_ray.data.text import load_text
 
-        return load_text(data_spec, state)
+        return load_text(data_spec, state, task)
     source, fmt, input_shape, transform, device_aug = open_pipeline(data_spec, seed)
     datasets, has_tasks = {}, False
     for name, ds in source.splits.items():

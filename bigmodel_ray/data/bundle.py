@@ -19,3 +19,4 @@ class DataBundle:
     has_tasks: bool                           # the pipeline runs Ray Data tasks (needs CPUs beside training)
     device_augment: "AugmentConfig | None"    # augment.on: device — the workers warp the train batches
     artifacts: dict[str, str] = field(default_factory=dict)   # files the run folder keeps (a tokenizer)
+    reference: dict[str, float] = field(default_factory=dict)  # baselines result.json reports beside the model's

@@ -12,9 +12,14 @@ Rows leave the pipeline as `x`: int32 (max_length,) token ids, [CLS] first, padd
 reviews costs what its own rows need, not max_length. Labels are integer classes, or strings
 mapped to their index among the sorted class names. A row with no text, or with no label, is a
 bad record (`data.on_bad_record`).
+
+A language model's text (`train.task: lm`) has no labels: `y` is then the number of characters
+the row's kept tokens cover, so that evaluation can report bits per character of exactly the
+text the model saw; gzip's bits per character on the same test text come with the data.
 """
 
 import functools
+import gzip
 import hashlib
 import json
 from dataclasses import dataclass
@@ -36,7 +41,7 @@ READ_ROWS = 4096
 @dataclass(frozen=True)
 class TextTransform:
     columns: tuple[str, ...]
-    label_column: str
+    label_column: str | None                # None: a language model's text (y = characters covered)
     classes: tuple[str, ...] | None         # string labels: the sorted class names; None: integers
     tokenizer_json: str
     max_length: int
@@ -53,27 +58,49 @@ def source_path(spec) -> str:
     return spec.path
 
 
-def load_text(spec, state=None) -> DataBundle:
+def load_text(spec, state=None, task: str = "classify") -> DataBundle:
     """The job's text splits as Ray Datasets of token ids (needs a running Ray)."""
 
     path = source_path(spec)
     columns = list(spec.text.columns)
-    classes, rows = _labels_and_rows(path, columns, spec.label_column)
+    label = spec.label_column if task != "lm" else None
+    classes, rows = _labels_and_rows(path, columns, label)
     shares = split_shares(spec)
     tokenizer_json = tokenizer_for(spec, path, shares["train"])
-    base = dict(columns=tuple(columns), label_column=spec.label_column, classes=classes,
+    base = dict(columns=tuple(columns), label_column=label, classes=classes,
                 tokenizer_json=tokenizer_json, max_length=spec.text.max_length, split_seed=spec.split_seed,
                 skip_bad=spec.on_bad_record == "skip")
     datasets = {}
     for name in SPLITS:
         t = TextTransform(keep_share=shares[name], **base)
-        datasets[name] = _read(path, columns + [spec.label_column]).map_batches(
+        datasets[name] = _read(path, columns + [label] * (label is not None)).map_batches(
             tokenize_batch, fn_kwargs={"t": t, "state": state}, batch_format="numpy", batch_size=None)
-    num_classes = len(classes) if classes is not None else rows["max_label"] + 1
+    if label is None:     # the "classes" of a language model are its vocabulary
+        num_classes, reference = _loaded(tokenizer_json).get_vocab_size(), held_out_gzip(path, base, shares["test"])
+    else:
+        num_classes, reference = len(classes) if classes is not None else rows["max_label"] + 1, {}
     return DataBundle(datasets=datasets, rows={name: round(rows["total"] * (hi - lo)) for name, (lo, hi) in shares.items()},
                       input_shape=(spec.text.max_length,), num_classes=num_classes,
                       class_names=list(classes) if classes is not None else None, has_tasks=True,
-                      device_augment=None, artifacts={TOKENIZER_FILE: tokenizer_json})
+                      device_augment=None, artifacts={TOKENIZER_FILE: tokenizer_json}, reference=reference)
+
+
+def held_out_gzip(path: str, base: dict, test_share: tuple[float, float]) -> dict[str, float]:
+    """gzip -9's bits per character on the test split's text, as much of each row as its kept
+    tokens cover (what a language model of the run is scored on), rows in one stream."""
+    t = TextTransform(keep_share=test_share, **base)
+    tokenizer, kept = _loaded(t.tokenizer_json), []
+    for batch in _read(path, list(t.columns)).iter_batches(batch_size=READ_ROWS, batch_format="numpy"):
+        texts = [text for text in _texts(batch, t)[0] if text]
+        kept += [text[:_covered(e)] for text, e in zip(texts, tokenizer.encode_batch(texts))]
+    chars = sum(map(len, kept))
+    packed = gzip.compress("\n".join(kept).encode(), compresslevel=9)
+    return {"test_gzip_bpc": 8 * len(packed) / max(chars, 1), "test_chars": chars}
+
+
+def _covered(encoding) -> int:
+    """Characters of the text that an encoding's tokens cover (all of it unless truncated)."""
+    return max((end for _, end in encoding.offsets), default=0)
 
 
 def _read(path: str, columns: list[str]):
@@ -82,9 +109,9 @@ def _read(path: str, columns: list[str]):
     return ray.data.read_parquet(path, columns=columns, include_paths=True, include_row_hash=True)
 
 
-def _labels_and_rows(path: str, columns: list[str], label_column: str):
+def _labels_and_rows(path: str, columns: list[str], label_column: str | None):
     """Sorted class names (string labels) or None, and the row count and largest integer label:
-    from the label column alone (one narrow read on the driver)."""
+    from the label column alone (one narrow read on the driver). No label column: the row count."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
@@ -94,9 +121,11 @@ def _labels_and_rows(path: str, columns: list[str], label_column: str):
     except (OSError, ValueError) as e:
         raise DataError("path", f"cannot read parquet at {path}: {e}") from None
     names = ds.schema.names
-    for key, column in [("text.columns", c) for c in columns] + [("label_column", label_column)]:
+    for key, column in [("text.columns", c) for c in columns] + [("label_column", label_column)] * bool(label_column):
         if column not in names:
             raise DataError(key, f"column {column!r} is not in {path} (columns: {', '.join(names)})")
+    if label_column is None:
+        return None, {"total": ds.count_rows(), "max_label": 0}
     labels = ds.to_table(columns=[label_column]).column(0)
     rows = {"total": len(labels), "max_label": 0}
     if pa.types.is_integer(labels.type):
@@ -114,17 +143,20 @@ def tokenizer_for(spec, path: str, train_share: tuple[float, float]) -> str:
     from pathlib import Path
 
     t = spec.text
+    if t.tokenizer_file is not None:
+        return _given_tokenizer(t)
     stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(_files(Path(path)))]
-    key = json.dumps([stamp, t.model_dump(mode="json"), spec.label_column, spec.split_seed, spec.val_fraction,
+    # Not the labels: a classifier and a language model of the same text share one tokenizer.
+    key = json.dumps([stamp, t.model_dump(mode="json"), spec.split_seed, spec.val_fraction,
                       spec.test_fraction], sort_keys=True)
     cached = cache_dir() / "tokenizers" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if cached.exists():
         return cached.read_text()
     tokenizer = new_tokenizer(t.tokenizer, t.lowercase, t.max_length)
     trainer = _trainer(t.tokenizer, t.vocab_size)
-    probe = TextTransform(columns=tuple(t.columns), label_column=spec.label_column, classes=None, tokenizer_json="",
+    probe = TextTransform(columns=tuple(t.columns), label_column=None, classes=None, tokenizer_json="",
                           max_length=t.max_length, split_seed=spec.split_seed, keep_share=train_share, skip_bad=True)
-    texts = (text for batch in _read(path, list(t.columns) + [spec.label_column]).iter_batches(
+    texts = (text for batch in _read(path, list(t.columns)).iter_batches(
         batch_size=READ_ROWS, batch_format="numpy") for text in _texts(batch, probe)[0] if text)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +164,26 @@ def tokenizer_for(spec, path: str, train_share: tuple[float, float]) -> str:
     tmp.write_text(tokenizer.to_str())
     tmp.replace(cached)
     return cached.read_text()
+
+
+def _given_tokenizer(t) -> str:
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    path = Path(t.tokenizer_file).expanduser()
+    path = path / TOKENIZER_FILE if path.is_dir() else path
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:      # tokenizers raises its own Exception for a missing or malformed file
+        raise DataError("text.tokenizer_file", f"cannot load {path} as a tokenizer: {str(e)[:200]}") from None
+    if tokenizer.token_to_id(SPECIAL_TOKENS[PAD_ID]) != PAD_ID:
+        raise DataError("text.tokenizer_file", f"{path}: [PAD] is not id 0 (rows are padded with id 0)")
+    if tokenizer.get_vocab_size() > t.vocab_size:
+        raise DataError("text.tokenizer_file", f"{path} has {tokenizer.get_vocab_size()} tokens, more than "
+                                               f"text.vocab_size {t.vocab_size}")
+    tokenizer.enable_truncation(t.max_length)
+    return tokenizer.to_str()
 
 
 def new_tokenizer(kind: str, lowercase: bool, max_length: int):
@@ -179,7 +231,7 @@ def _texts(batch, t: TextTransform):
 def tokenize_batch(batch: dict[str, np.ndarray], t: TextTransform, state=None) -> dict[str, np.ndarray]:
     """Stored rows -> {"x": int32 (n, max_length) token ids, "y": int64} for this split's rows."""
     texts, key, keep = _texts(batch, t)
-    labels = batch[t.label_column][keep]
+    labels = batch[t.label_column][keep] if t.label_column else [0] * len(texts)
     paths = batch["path"][keep]
     ok, y, bad = np.ones(len(texts), bool), np.zeros(len(texts), np.int64), []
     index = {name: i for i, name in enumerate(t.classes)} if t.classes is not None else None
@@ -203,8 +255,16 @@ def tokenize_batch(batch: dict[str, np.ndarray], t: TextTransform, state=None) -
     x = np.zeros((len(encoded), t.max_length), np.int32)        # [PAD] = 0
     for i, e in enumerate(encoded):
         x[i, :len(e.ids)] = e.ids
+    if t.label_column is None:
+        return {"x": x, "y": np.array([_covered(e) for e in encoded], np.int64)}
     return {"x": x, "y": y[ok]}
 
 
 def _files(path):
-    return [path] if path.is_file() else [p for p in path.rglob("*.parquet")] if path.is_dir() else []
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return list(path.rglob("*.parquet"))
+    import glob
+
+    return [type(path)(p) for p in glob.glob(str(path), recursive=True)]      # a glob such as data/*.parquet

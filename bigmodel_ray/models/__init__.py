@@ -11,8 +11,9 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from bigmodel_ray.models.cnn import CNN1d, CNN2d
+from bigmodel_ray.models.hf import HFClassifier
 from bigmodel_ray.models.mlp import MLP
-from bigmodel_ray.models.text import TextTransformer
+from bigmodel_ray.models.text import TextLM, TextTransformer
 from bigmodel_ray.models.transformer import TransformerClassifier
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -21,7 +22,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn2d": CNN2d,
     "transformer": TransformerClassifier,
     "text_transformer": TextTransformer,      # token ids (text sources)
+    "text_lm": TextLM,                        # token ids -> next-token logits (train.task: lm)
+    "hf": HFClassifier,                       # a local Hugging Face model folder (args.path), token ids
 }
+
+LANGUAGE_MODELS = ("text_lm",)      # trained with train.task: lm
 
 
 def takes_tokens(name: str) -> bool:

@@ -60,3 +60,49 @@ class TextTransformer(nn.Module):
         ids[:, 0] = 2
         lengths = torch.randint(2, self.max_length + 1, (n,), generator=generator)
         return ids.masked_fill(torch.arange(self.max_length) >= lengths[:, None], 0)
+
+
+class TextLM(TextTransformer):
+    """Causal language model: the same embeddings and blocks, each position attending to itself
+    and the positions before it, and logits over the vocabulary at every position (`task: lm`).
+
+    Parameter names are the classifier's, only `head` differs in shape: a classifier fine-tuned
+    from a pretrained LM loads everything but the head (`model.init_from`, init_strict: false).
+    """
+
+    def __init__(self, input_shape, num_classes=None, vocab_size: int = 8000, embed_dim: int = 128, depth: int = 2,
+                 num_heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.1):
+        super().__init__(input_shape, vocab_size, vocab_size, embed_dim, depth, num_heads, mlp_ratio, dropout)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(batch, tokens) ids -> (batch, tokens, vocab) logits of the next token."""
+        t = ids.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
+        # Padding comes only after a row's text, and a causal query never sees later keys, so
+        # the causal mask alone keeps text positions from attending to padding.
+        x = self.embed(ids) + self.pos[:, :t]
+        for block in self.blocks:
+            x = block(x, attn_mask=causal)
+        return self.head(self.norm(x))
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor, new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                 generator: torch.Generator | None = None, stop: int | None = None) -> torch.Tensor:
+        """Extend one row of ids by up to `new_tokens`: greedy at temperature 0, else sampled
+        from the softmax at `temperature`, over the `top_k` likeliest tokens when top_k > 0.
+        Stops at `stop` or when the context is full (max_length tokens)."""
+        ids = ids[None] if ids.dim() == 1 else ids
+        for _ in range(min(new_tokens, self.max_length - ids.shape[1])):
+            logits = self(ids)[0, -1].float()
+            logits[0] = float("-inf")                             # never [PAD]
+            if temperature <= 0:
+                token = logits.argmax()
+            else:
+                if top_k > 0:
+                    cut = logits.topk(min(top_k, len(logits))).values[-1]
+                    logits = logits.masked_fill(logits < cut, float("-inf"))
+                token = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[0]
+            ids = torch.cat([ids, token.view(1, 1)], dim=1)
+            if stop is not None and int(token) == stop:
+                break
+        return ids[0]

@@ -69,6 +69,9 @@ class TextSpec(Section):
     vocab_size: int = Field(8000, ge=64, le=1_000_000, description="the trained tokenizer's vocabulary, special tokens included")
     max_length: int = Field(128, ge=2, le=65536, description="tokens kept per row ([CLS] included); longer rows are truncated")
     lowercase: bool = Field(True, description="lowercase text before tokenizing")
+    tokenizer_file: str | None = Field(None, description="use this tokenizer.json instead of training one (or a "
+                                                         "folder holding it: a language model run's, to fine-tune "
+                                                         "from it); [PAD] must be id 0; vocab_size must cover it")
 
 
 FILE_SOURCES = ("parquet", "image_folder", "text")

@@ -8,7 +8,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from bigmodel_ray.kinds import KINDS
-from bigmodel_ray.models import takes_tokens
+from bigmodel_ray.models import LANGUAGE_MODELS, takes_tokens
 from bigmodel_ray.spec.common import EPOCH_METRICS, KindSection, Section
 from bigmodel_ray.spec.compress import CompressSpec
 from bigmodel_ray.spec.data import DataSpec
@@ -66,12 +66,19 @@ class JobSpec(Section):
     def _check_inputs(self):
         """Token models take text, the others images or series; a token model's vocabulary is
         the tokenizer's unless model.args says otherwise."""
+        if self.train.task == "lm" and self.kind != "train":
+            raise ValueError(f"train.task: lm trains in a kind train job (kind is {self.kind}); a language model "
+                             f"run can then be a transfer source or a model.init_from")
         if self.model is None or self.data is None:
             return
         text = self.data.text
         if takes_tokens(self.model.name) != (text is not None):
             raise ValueError(f"model: {self.model.name} takes {'token ids' if text is None else 'images or series'}, "
                              f"and data.source {self.data.source} gives {'text' if text else 'images or series'}")
+        if (self.train.task == "lm") != (self.model.name in LANGUAGE_MODELS):
+            raise ValueError(f"train.task: {self.train.task} trains "
+                             f"{' | '.join(LANGUAGE_MODELS) if self.train.task == 'lm' else 'classifiers'}, "
+                             f"and model.name is {self.model.name}")
         if text is not None:
             vocab = self.model.args.setdefault("vocab_size", text.vocab_size)
             if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < text.vocab_size:

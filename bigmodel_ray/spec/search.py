@@ -12,6 +12,8 @@ from bigmodel_ray.spec.common import Section
 # spec/common.py EPOCH_METRICS, a compress trial's in spec/compress.py).
 OBJECTIVES = {"val_accuracy": "max", "val_f1": "max", "val_loss": "min", "train_loss": "min",
               "params": "min", "epoch_s": "min", "samples_per_s": "max",
+              # a language model's (train.task: lm)
+              "val_perplexity": "min", "val_bpc": "min",
               # what a compressed candidate reports
               "bytes": "min", "nonzeros": "min", "latency_ms_bs1": "min"}
 

@@ -14,7 +14,8 @@ class ModelSpec(Section):
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model")
     init_from: str | None = Field(None, description="start from weights you have: a local .safetensors file, or a "
                                                     "state dict / checkpoint saved by torch (loaded with "
-                                                    "weights_only); a train run's state.pt works too")
+                                                    "weights_only); a finished run folder (its final checkpoint, "
+                                                    "e.g. a language model to fine-tune a classifier from)")
     init_strict: bool = Field(True, description="init_from: every key must match the model, same shapes; false: "
                                                 "load the keys that match, keep the rest freshly initialized")
 
@@ -50,6 +51,9 @@ class ScheduleSpec(Section):
 
 
 class TrainSpec(Section):
+    task: Literal["classify", "lm"] = Field(
+        "classify", description="classify: the label column's classes; lm: a causal language model of the text "
+                                "(next-token loss; reports perplexity and bits per character; model text_lm)")
     epochs: int = Field(10, gt=0, description="passes over the training data")
     batch_size: int = Field(64, gt=0, description="per worker and micro-step")
     grad_accum: int = Field(1, gt=0, description="micro-steps per optimizer step")

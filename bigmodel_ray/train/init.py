@@ -2,7 +2,8 @@
 
 The file is a `.safetensors` file or anything `torch.save` wrote that holds tensors only (it is
 loaded with `weights_only=True`): a bare state dict, `{"state_dict": ...}`, or a checkpoint of
-ours (`{"model": ...}`). Keys are matched to the model's own; with `init_strict` every key must
+ours (`{"model": ...}`); or a finished run folder of ours (its final checkpoint: e.g. a language
+model run, to fine-tune a classifier from). Keys are matched to the model's own; with `init_strict` every key must
 be there with the model's shape, else the error lists what is missing, unexpected or mis-shaped.
 """
 
@@ -15,6 +16,13 @@ SHOWN = 3      # keys named per kind of mismatch; the rest are counted
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
+    if path.is_dir():
+        from bigmodel_ray import runs
+        from bigmodel_ray.train.state import STATE_FILE
+
+        if not runs.finished(path):
+            raise ValueError(f"{path} is a folder but not a finished run (no result.json with a checkpoint)")
+        path = runs.result_checkpoint(path) / STATE_FILE
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
     try:

@@ -65,8 +65,18 @@ def plan_classifier(spec: JobSpec, source: str) -> Plan:
         except ValueError as e:
             raise SpecError(f"{source}: model.init_from: {e}") from None
         extra["initial_model"] = model
-    return Plan(data, use_gpu, micro_batches(Classify(), data, spec), sum(p.numel() for p in model.parameters()), state,
-                extra=extra)
+    objective = task_objective(spec)
+    return Plan(data, use_gpu, micro_batches(objective, data, spec), sum(p.numel() for p in model.parameters()), state,
+                objective, extra=extra)
+
+
+def task_objective(spec: JobSpec):
+    """What `train.task` optimizes: the label's classes, or the text's next token."""
+    if spec.train.task == "lm":
+        from bigmodel_ray.train.lm import NextToken
+
+        return NextToken()
+    return Classify(spec.train.label_smoothing)
 
 
 def needs_pipeline_state(*sections: DataSpec) -> bool:
@@ -76,7 +86,7 @@ def needs_pipeline_state(*sections: DataSpec) -> bool:
 
 def open_data(data_spec: DataSpec, spec: JobSpec, state, source: str, field: str) -> DataBundle:
     try:
-        return load_data(data_spec, spec.seed, state)
+        return load_data(data_spec, spec.seed, state, spec.train.task)
     except DataError as e:
         raise SpecError(f"{source}: {field}.{e.field}: {e}") from None
 
@@ -130,7 +140,7 @@ def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, run
     from ray.train.torch import TorchTrainer
 
     res = spec.resources
-    objective = objective or plan.objective or Classify(spec.train.label_smoothing)
+    objective = objective or plan.objective or task_objective(spec)
     return TorchTrainer(
         train_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": run_dir,
@@ -207,7 +217,7 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say, what: str
         "name": spec.name, **result.return_value,
         "wall_s": round(wall_s, 2),
         "epochs_this_run": result.return_value["epochs"] - result.return_value["resumed_from_epoch"],
-        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "final_val_accuracy": history[-1].get("val_accuracy") if history else None,
         "samples_per_s_median": _median([r["samples_per_s"] for r in history[1:] or history]),
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "run_dir": str(run_dir), "workers": spec.resources.workers, "use_gpu": job.use_gpu, "params": job.params,
@@ -217,10 +227,16 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say, what: str
         if summary["skipped_records"]:
             say(f"{spec.name}: skipped {summary['skipped_records']} bad records (data.on_bad_record: skip), "
                 f"e.g. {'; '.join(examples)}")
+    summary |= job.data.reference          # e.g. gzip's bits per character on the same test text
     runs.write_result(run_dir, summary)
-    say(f"{spec.name}: test_accuracy {summary['test_accuracy']:.4f}  test_f1 {summary['test_f1']:.4f}  "
-        f"({summary['epochs']} epochs, {summary['epochs_this_run']} this run, {wall_s:.1f}s) -> {run_dir}")
+    shown = "  ".join(f"{k} {summary[k]:.4f}" for k in HEADLINE if k in summary)
+    say(f"{spec.name}: {shown}  ({summary['epochs']} epochs, {summary['epochs_this_run']} this run, "
+        f"{wall_s:.1f}s) -> {run_dir}")
     return summary
+
+
+# The test metrics a finished run prints (those its task reports)
+HEADLINE = ("test_accuracy", "test_f1", "test_perplexity", "test_bpc", "test_gzip_bpc")
 
 
 def _ingest_options(res):

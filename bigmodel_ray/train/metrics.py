@@ -2,6 +2,25 @@
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+
+
+class ClassScores:
+    """An evaluation pass's running sums for a classifier: confusion matrix and summed loss."""
+
+    def __init__(self, num_classes: int, device):
+        self.num_classes = num_classes
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        self.confusion += confusion_matrix(y, logits.argmax(-1), self.num_classes)
+
+    def result(self) -> dict[str, float]:
+        """Every rank's sums added up (a collective: all ranks call it)."""
+        totals = all_reduce_sum(torch.cat([self.confusion.flatten().double(), self.loss_sum.view(1)]))
+        return summarize(totals[:-1].view(self.num_classes, self.num_classes), totals[-1].item())
 
 
 def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bigmodel_ray.train.metrics import ClassScores
+
 
 class Classify:
     """Cross-entropy on the `train` split; `val`/`test` report loss, accuracy and macro-F1."""
@@ -41,6 +43,10 @@ class Classify:
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         x, y = batch
         return F.cross_entropy(model(x).float(), y, label_smoothing=self.label_smoothing), len(y)
+
+    def scores(self, num_classes: int, device) -> ClassScores:
+        """What an evaluation pass sums up (train/steps.py evaluate)."""
+        return ClassScores(num_classes, device)
 
     def frozen(self, model: torch.nn.Module, epoch: int) -> list[torch.nn.Parameter]:
         """Parameters this epoch must not update although they take part in the forward pass."""

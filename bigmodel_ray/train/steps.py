@@ -10,9 +10,8 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from bigmodel_ray.train.metrics import all_reduce_sum, confusion_matrix, summarize
+from bigmodel_ray.train.metrics import ClassScores
 from bigmodel_ray.train.objectives import Classify
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -94,16 +93,17 @@ def _optimizer_step(model, optimizer, scaler, grad_clip, rescale: float):
 
 
 @torch.no_grad()
-def evaluate(model, batches, *, num_classes: int, device, precision="fp32", input_shape=None) -> dict[str, float]:
-    """Loss, accuracy and macro-F1 over the union of every rank's batches.
+def evaluate(model, batches, *, num_classes: int, device, precision="fp32", input_shape=None,
+             scores=None, tokens: bool = False) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 over the union of every rank's batches; or whatever `scores`
+    (an object with add(logits, x, y) and result(), e.g. a language model's) sums up.
 
     `batches` is this rank's disjoint share of the split. Under FSDP each forward is a
     collective, so a rank that runs out of batches runs dummy forwards until every rank has
-    (`input_shape` is needed for that).
+    (`input_shape` is needed for that; `tokens`: the model takes token ids).
     """
     model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    scores = scores or ClassScores(num_classes, device)
     # FSDP2 (anywhere in the model: a multi-task view wraps the sharded model)
     lockstep = dist.is_initialized() and any(hasattr(m, "set_requires_gradient_sync") for m in model.modules())
     batches = iter(batches)
@@ -115,14 +115,13 @@ def evaluate(model, batches, *, num_classes: int, device, precision="fp32", inpu
             if not more:
                 break
             if batch is None:
-                model(torch.zeros((1, *input_shape), device=device))
+                model(torch.full((1, *input_shape), 2, device=device) if tokens      # [CLS] ids
+                      else torch.zeros((1, *input_shape), device=device))
                 continue
         elif batch is None:
             break
         x, y = batch
         with autocast(device, precision):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        confusion += confusion_matrix(y, logits.argmax(-1), num_classes)
-    totals = all_reduce_sum(torch.cat([confusion.flatten().double(), loss_sum.view(1)]))
-    return summarize(totals[:-1].view(num_classes, num_classes), totals[-1].item())
+        scores.add(logits, x, y)
+    return scores.result()

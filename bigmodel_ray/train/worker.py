@@ -147,7 +147,9 @@ def train_worker(config: dict) -> dict:
         # so ranks with one batch fewer never wait on each other. FSDP2 evens out forwards
         # inside `evaluate`.
         return evaluate(eval_model, eval_sets[name], num_classes=num_classes_of(name), device=device,
-                        precision=t.precision, input_shape=input_shape)
+                        precision=t.precision, input_shape=input_shape,
+                        scores=objective.scores(num_classes_of(name), device),
+                        tokens=getattr(spec.data, "text", None) is not None)
 
     def num_classes_of(name):
         return config.get("num_classes_of", {}).get(name, num_classes)
