@@ -1,11 +1,14 @@
-"""The project's text jobs vs TF-IDF + logistic regression, on the same rows of the same split.
+"""The project's text jobs vs TF-IDF + logistic regression, on the same rows of the same split;
+and a language model of the reviews vs gzip, and the department classifier fine-tuned from it.
 
-For each job (default: jobs/reviews_recommend.yaml and jobs/reviews_department.yaml) the
-train and test rows are taken through the job's own pipeline (data/text.py: the same hash split,
-the same joined title + review, the same rows without text dropped), a TF-IDF (1-2 grams,
-min_df 2, sublinear tf) + logistic regression (C=4) is fitted on the train rows, and the job is
-trained as shipped (Ray Train, 2 DDP workers). Printed: test accuracy and macro-F1 of both and
-the difference. Needs `bigmodel-ray data fetch reviews` first.
+For each classifier job (default: reviews_recommend, reviews_department, and reviews_pretrained:
+department again, a transfer from reviews_lm) the train and test rows are taken through the
+job's own pipeline (data/text.py: the same hash split, the same joined title + review, the same
+rows without text dropped), a TF-IDF (1-2 grams, min_df 2, sublinear tf) + logistic regression
+(C=4) is fitted on the train rows, and the job is trained as shipped (Ray Train, 2 DDP workers).
+The language model job (reviews_lm) reports test bits per character beside gzip -9's on the
+same text. Printed: test accuracy and macro-F1 of both, the difference, and the LM's numbers.
+Needs `bigmodel-ray data fetch reviews` first.
 
     python benchmarks/text_baseline.py [JOB ...] [--storage DIR]
 """
@@ -19,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-JOBS = ["jobs/reviews_recommend.yaml", "jobs/reviews_department.yaml"]
+JOBS = ["jobs/reviews_recommend.yaml", "jobs/reviews_department.yaml", "jobs/reviews_lm.yaml",
+        "jobs/reviews_pretrained.yaml"]
 
 
 def split_rows(spec) -> dict[str, tuple[list[str], list]]:
@@ -70,15 +74,20 @@ def main() -> None:
     from bigmodel_ray.spec import load_job
 
     storage = args.storage or tempfile.mkdtemp(prefix="text_baseline-")
-    specs = [load_job(ROOT / job, [f"storage={storage}"]) for job in args.jobs]
+    specs = [load_job(ROOT / job, [f"storage={storage}", *_source_here(ROOT / job, storage)]) for job in args.jobs]
     start_ray(num_cpus=max(kinds.runner(s).cpus_needed(s) for s in specs))
-    results = {}
+    results, lm = {}, {}
     for job, spec in zip(args.jobs, specs):
+        say = lambda line: print(f"  {line}", flush=True)  # noqa: E731
+        if spec.train.task == "lm":
+            print(f"{job}: training the language model ({spec.train.epochs} epochs)", flush=True)
+            lm[job] = kinds.run(spec, job, say=say)
+            continue
         print(f"{job}: TF-IDF + logistic regression on the job's own split", flush=True)
         baseline = tfidf(split_rows(spec))
         print(f"{job}: training the job ({spec.train.epochs} epochs, {spec.resources.workers} workers)", flush=True)
         start = time.perf_counter()
-        ours = kinds.run(spec, job, say=lambda line: print(f"  {line}", flush=True))
+        ours = kinds.run(spec, job, say=say)
         results[job] = {"tfidf": baseline, "ours": {"test_accuracy": ours["test_accuracy"], "test_f1": ours["test_f1"],
                                                     "wall_s": time.perf_counter() - start}}
 
@@ -87,7 +96,19 @@ def main() -> None:
         b, o = r["tfidf"], r["ours"]
         print(f"{Path(job).stem:<32} {b['test_accuracy']:.4f} / {b['test_f1']:.4f}          "
               f"{o['test_accuracy']:.4f} / {o['test_f1']:.4f}       {o['test_f1'] - b['test_f1']:+.4f}")
-    print(json.dumps(results, indent=2, default=float))
+    for job, r in lm.items():
+        print(f"{Path(job).stem:<32} test bits per character {r['test_bpc']:.4f} vs gzip -9 {r['test_gzip_bpc']:.4f} "
+              f"on the same {r['test_chars']:,} characters; perplexity {r['test_perplexity']:.1f}")
+    print(json.dumps({"classifiers": results, "language_models": lm}, indent=2, default=float))
+
+
+def _source_here(job: Path, storage: str) -> list[str]:
+    """A transfer job's source run (runs/NAME) as trained by this benchmark (STORAGE/NAME)."""
+    import yaml
+
+    raw = yaml.safe_load(job.read_text())
+    source = (raw.get("transfer") or {}).get("source")
+    return [f"transfer.source={Path(storage) / Path(source).name}"] if isinstance(source, str) else []
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 per character, generation, the spec's pairing of task and model, and (slow) a real 2-worker LM
 run whose weights and tokenizer a classifier then starts from."""
 
+import csv
 import json
 import math
 
@@ -111,6 +112,19 @@ def test_a_language_model_run_generates_and_a_classifier_starts_from_it(reviews_
     assert (tmp_path / "runs" / "clf" / "tokenizer.json").read_text() == (run / "tokenizer.json").read_text()
     assert json.loads((tmp_path / "runs" / "clf" / "result.json").read_text())["test_accuracy"] > 0.5
 
+    # The same as a transfer job: the LM run as the source, its tokenizer and classifier counterpart implied
+    transfer = {"name": "tr", "kind": "transfer", "storage": str(tmp_path / "runs"),
+                "data": {**lm["data"], "label_column": "Department Name"},
+                "transfer": {"source": str(run), "strategy": "discriminative", "backbone_lr_factor": 0.3},
+                "train": {"epochs": 1, "batch_size": 64, "optimizer": {"lr": 0.003}}}
+    (tmp_path / "tr.yaml").write_text(yaml.safe_dump(transfer))
+    assert main(["run", str(tmp_path / "tr.yaml")]) == 0
+    tr = tmp_path / "runs" / "tr"
+    assert yaml.safe_load((tr / "spec.yaml").read_text())["model"]["name"] == "text_transformer"
+    assert (tr / "tokenizer.json").read_text() == (run / "tokenizer.json").read_text()
+    assert json.loads((tr / "result.json").read_text())["test_accuracy"] > 0.5
+    assert main(["export", str(tr)]) == 0
+
 
 def test_init_from_a_run_folder_reads_its_final_checkpoint(tmp_path):
     from bigmodel_ray.train.init import init_from
@@ -127,3 +141,40 @@ def test_init_from_a_run_folder_reads_its_final_checkpoint(tmp_path):
                                                                           lm.blocks[0].mlp[0].weight)
     with pytest.raises(ValueError, match="not a finished run"):
         init_from(clf, tmp_path / "checkpoint_1")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_language_model_sweep_and_a_text_model_compressed(reviews_subset, tmp_path):
+    text = {"columns": ["Title", "Review Text"], "vocab_size": 1000, "max_length": 32}
+    data = {"source": "text", "path": str(reviews_subset), "on_bad_record": "skip", "in_memory": True, "text": text}
+    sweep = {"name": "lm_sweep", "storage": str(tmp_path / "runs"), "data": data,
+             "model": {"name": "text_lm", "args": {"embed_dim": 16, "depth": 1, "num_heads": 2}},
+             "train": {"task": "lm", "epochs": 1, "batch_size": 64},
+             "resources": {"workers": 1}, "search": {"space": {"train.optimizer.lr": "grid([0.0003, 0.01])"},
+                                                     "metric": "val_bpc"}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    assert main(["run", str(tmp_path / "sweep.yaml")]) == 0
+    best = json.loads((tmp_path / "runs" / "lm_sweep" / "result.json").read_text())
+    assert best["best"]["config"]["train.optimizer.lr"] == 0.01, best      # 1 epoch: the larger step learns more
+
+    clf = {"name": "clf", "storage": str(tmp_path / "runs"), "data": {**data, "label_column": "Department Name"},
+           "model": {"name": "text_transformer", "args": {"embed_dim": 32, "depth": 2, "num_heads": 2}},
+           "train": {"epochs": 2, "batch_size": 64, "optimizer": {"lr": 0.003}}}
+    (tmp_path / "clf.yaml").write_text(yaml.safe_dump(clf))
+    assert main(["run", str(tmp_path / "clf.yaml")]) == 0
+    compress = {"name": "small", "kind": "compress", "storage": str(tmp_path / "runs"),
+                "compress": {"teacher": str(tmp_path / "runs" / "clf"), "select": {"max_accuracy_drop": 1.0},
+                             "methods": [{"method": "distill", "epochs": 1,
+                                          "student": {"name": "text_transformer",
+                                                      "args": {"embed_dim": 16, "depth": 1, "num_heads": 2}}},
+                                         {"method": "prune", "structured": True, "amount": 0.5},
+                                         {"method": "quantize", "mode": "dynamic"}]}}
+    (tmp_path / "compress.yaml").write_text(yaml.safe_dump(compress))
+    assert main(["run", str(tmp_path / "compress.yaml")]) == 0
+    with (tmp_path / "runs" / "small" / "candidates.csv").open() as f:
+        rows = {row["candidate"]: row for row in csv.DictReader(f)}
+    assert list(rows) == ["teacher", "1-distill", "2-prune", "3-quantize"], rows
+    params = [int(rows[name]["params"]) for name in ("teacher", "1-distill", "2-prune")]
+    assert params[0] > params[1] > params[2], params           # the student reads the teacher's 1,000 tokens
+    assert (tmp_path / "runs" / "small" / "selected.onnx").exists()

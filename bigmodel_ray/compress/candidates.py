@@ -46,7 +46,11 @@ class Evaluator:
         return out
 
     def test_inputs(self) -> torch.Tensor:
-        return torch.cat([x for x, _ in self.splits["test"]])
+        """The test inputs as one tensor: token batches, trimmed each to its own longest row, are
+        padded back to the widest (padding changes nothing a token model computes)."""
+        batches = [x for x, _ in self.splits["test"]]
+        width = max(x.shape[-1] for x in batches)
+        return torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[-1])) for x in batches])
 
     def calibration(self, batches: int) -> list[torch.Tensor]:
         out = []

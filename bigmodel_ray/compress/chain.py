@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from bigmodel_ray.compress import lowrank, prune, quantize
 from bigmodel_ray.compress.export import Loaded
-from bigmodel_ray.models import build_model
+from bigmodel_ray.models import build_model, takes_tokens
 
 
 @dataclass
@@ -39,7 +39,10 @@ def apply_methods(teacher: nn.Module, methods, *, input_shape, num_classes: int,
         model = copy.deepcopy(model).eval()
         if method.method == "distill":
             torch.manual_seed(seed)
-            student = build_model(method.student.name, input_shape, num_classes, **method.student.args)
+            args = dict(method.student.args)
+            if takes_tokens(method.student.name) and hasattr(teacher, "vocab_size"):   # the teacher's tokens
+                args.setdefault("vocab_size", teacher.vocab_size)
+            student = build_model(method.student.name, input_shape, num_classes, **args)
             model = finetune(student, method.epochs, None, teacher=teacher, distill=method)
         elif method.method == "prune":
             for share in step_amounts(method.amount, method.steps):

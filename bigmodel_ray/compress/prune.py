@@ -12,7 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as torch_prune
 
+from bigmodel_ray.models.transformer import EncoderBlock
+
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
+PRUNABLE = (*WEIGHTED, nn.Embedding, nn.LayerNorm)      # layers whose channels Torch-Pruning can remove
 
 
 def unstructured(model: nn.Module, amount: float) -> nn.Module:
@@ -36,12 +39,17 @@ def structured(model: nn.Module, example: torch.Tensor, amount: float, norm: int
     """Remove the `amount` share of channels/neurons with the smallest L`norm` norm, in place.
 
     Channels coupled by a residual sum are pruned together (their importance summed across the
-    group); the classifier's outputs are kept."""
+    group); the classifier's outputs are kept. In the transformers (image or text), only the
+    blocks' MLP hidden neurons: heads are split by a reshape the dependency graph cannot follow,
+    and the residual stream's width runs through every block, the embeddings and positions."""
     import torch_pruning as tp
 
-    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    ignored = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    hidden = {block.mlp[0] for block in model.modules() if isinstance(block, EncoderBlock)}
+    if hidden:
+        ignored = [m for m in model.modules() if isinstance(m, PRUNABLE) and m not in hidden]
     pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=norm),
-                                  pruning_ratio=amount, ignored_layers=classifier)
+                                  pruning_ratio=amount, ignored_layers=ignored)
     pruner.step()
     return model
 

@@ -172,9 +172,13 @@ def _given_tokenizer(t) -> str:
     from tokenizers import Tokenizer
 
     path = Path(t.tokenizer_file).expanduser()
-    path = path / TOKENIZER_FILE if path.is_dir() else path
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        if path.is_dir() and not (path / TOKENIZER_FILE).exists():     # a Hugging Face folder with vocab.txt & co
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True).backend_tokenizer
+        else:
+            tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE if path.is_dir() else path))
     except Exception as e:      # tokenizers raises its own Exception for a missing or malformed file
         raise DataError("text.tokenizer_file", f"cannot load {path} as a tokenizer: {str(e)[:200]}") from None
     if tokenizer.token_to_id(SPECIAL_TOKENS[PAD_ID]) != PAD_ID:

@@ -27,6 +27,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 LANGUAGE_MODELS = ("text_lm",)      # trained with train.task: lm
+# A language model's classifier counterpart: the same parameters but the head (fine-tuning from an LM)
+CLASSIFIER_OF = {"text_lm": "text_transformer"}
+
+
+def is_language_model(model: nn.Module) -> bool:
+    return isinstance(model, tuple(MODELS[name] for name in LANGUAGE_MODELS))
 
 
 def takes_tokens(name: str) -> bool:

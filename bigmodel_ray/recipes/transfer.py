@@ -20,9 +20,12 @@ import torch
 from bigmodel_ray import kinds, runs
 from bigmodel_ray.data import DataBundle
 from bigmodel_ray.data.pipeline import start_state
+from bigmodel_ray.data.text import TOKENIZER_FILE
 from bigmodel_ray.errors import SpecError
+from bigmodel_ray.models import build_model, is_language_model
 from bigmodel_ray.spec import DataSpec, JobSpec, validate
 from bigmodel_ray.train import launch
+from bigmodel_ray.train.init import load_fitting
 from bigmodel_ray.train.inputs import ModelInputs
 from bigmodel_ray.train.shards import EvalBatches
 from bigmodel_ray.train.state import load_classifier, read_state, save_state
@@ -72,14 +75,24 @@ def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, launch.Plan, d
     spec, checkpoint = resolve_source(spec, source, say)
     tr, res = spec.transfer, spec.resources
     use_gpu = launch.uses_gpu(spec, source)
-    state = start_state() if launch.needs_pipeline_state(spec.data, tr.source_data) else None
-    target = launch.open_data(spec.data, spec, state, source, "data")
-    src = launch.open_data(tr.source_data, spec, state, source, "transfer.source_data")
-    if target.input_shape != src.input_shape:
-        raise SpecError(f"{source}: data: target inputs are {list(target.input_shape)}, the source model's "
-                        f"{list(src.input_shape)}; give data.target_size or the source's shape")
     model = load_classifier(checkpoint, f"{source}: transfer.source", tr.source_task)
-    same_classes = target.num_classes == src.num_classes
+    language = is_language_model(model)
+    if language and tr.strategy == "dann":
+        raise SpecError(f"{source}: transfer.strategy: dann needs a labelled source domain; the source is a "
+                        f"language model")
+    state = start_state() if launch.needs_pipeline_state(spec.data, tr.source_data) else None
+    target = launch.open_data(_source_tokens(spec.data, spec), spec, state, source, "data")
+    if language:      # its classifier counterpart, every weight but the head from the LM; no source-only baseline
+        if target.input_shape != (model.max_length,):
+            raise SpecError(f"{source}: data.text.max_length: the language model has {model.max_length} positions "
+                            f"(got {target.input_shape[0]})")
+        model, src, same_classes = _from_language_model(model, spec, target), None, False
+    else:
+        src = launch.open_data(_source_tokens(tr.source_data, spec), spec, state, source, "transfer.source_data")
+        if target.input_shape != src.input_shape:
+            raise SpecError(f"{source}: data: target inputs are {list(target.input_shape)}, the source model's "
+                            f"{list(src.input_shape)}; give data.target_size or the source's shape")
+        same_classes = target.num_classes == src.num_classes
     if tr.strategy == "dann" and not same_classes:
         raise SpecError(f"{source}: transfer.strategy: dann needs the same classes in both domains "
                         f"(source {src.num_classes}, target {target.num_classes})")
@@ -87,7 +100,7 @@ def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, launch.Plan, d
     if tr.strategy == "freeze" and tr.freeze_stages > n_stages:
         raise SpecError(f"{source}: transfer.freeze_stages: {spec.model.name} has {n_stages} stages "
                         f"(got {tr.freeze_stages})")
-    source_only = baseline(model, spec, target, src, same_classes)
+    source_only = baseline(model, spec, target, src, same_classes) if src is not None else {}
     strategies.replace_head(model, target.num_classes)
 
     sections = {"target_train": spec.data, "val": spec.data, "test": spec.data, SOURCE_TEST: tr.source_data,
@@ -107,14 +120,31 @@ def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, launch.Plan, d
     if same_classes:
         datasets[SOURCE_TEST], rows[SOURCE_TEST] = src.datasets["test"], src.rows["test"]
     data = DataBundle(datasets=datasets, rows=rows, input_shape=target.input_shape, num_classes=target.num_classes,
-                      class_names=target.class_names, has_tasks=target.has_tasks or src.has_tasks,
-                      device_augment=target.device_augment)
+                      class_names=target.class_names, has_tasks=target.has_tasks or src is not None and src.has_tasks,
+                      device_augment=target.device_augment, artifacts=target.artifacts)
     launch.check_data_cpus(data, res, source)
     job = launch.Plan(data, use_gpu, launch.micro_batches(objective, data, spec),
                             sum(p.numel() for p in model.parameters()), state, objective,
                             extra={"initial_model": model,
                                    "data_sections": {name: sections[name].model_dump(mode="json") for name in datasets}})
     return spec, job, source_only
+
+
+def _source_tokens(data: DataSpec, spec: JobSpec) -> DataSpec:
+    """Text read with the source run's own tokenizer (token ids must mean what the source model
+    learnt), unless the job names one."""
+    tokenizer = source_run(spec) / TOKENIZER_FILE
+    if data.text is None or data.text.tokenizer_file is not None or not tokenizer.exists():
+        return data
+    return data.model_copy(update={"text": data.text.model_copy(update={"tokenizer_file": str(tokenizer)})})
+
+
+def _from_language_model(lm, spec: JobSpec, target: DataBundle):
+    """The job's classifier (the LM's classifier counterpart) with every LM weight that fits."""
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model.name, target.input_shape, target.num_classes, **spec.model.args)
+    load_fitting(model, lm.state_dict(), strict=False, path="transfer.source")
+    return model
 
 
 def baseline(model, spec: JobSpec, target: DataBundle, src: DataBundle, same_classes: bool) -> dict:

@@ -15,10 +15,13 @@ EPOCH_METRICS = frozenset({"val_accuracy", "val_f1", "val_loss", "train_loss", "
 @dataclass(frozen=True)
 class RunInput:
     """A kind that starts from another run's model: which field of its section names the run
-    folder, what errors call that run, and where the run's data goes in the job (spec/runs.py)."""
+    folder, what errors call that run, and where the run's data goes in the job (spec/runs.py).
+    `fine_tunes`: the job trains a classifier from the run's model, so a language model run
+    gives its classifier counterpart (the same backbone with a classifier head)."""
     key: str
     what: str
     data_path: tuple[str, ...]
+    fine_tunes: bool = False
 
 
 class Section(BaseModel):

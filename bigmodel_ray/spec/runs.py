@@ -4,7 +4,8 @@ transfer job's source.
 Given a run folder, the job takes that run's model, and its data (for compress: the job's data;
 for transfer: the source domain) unless the job names other data. The run folder's spec.yaml
 holds both; a multitask run's data is its task's (`<key>_task`), whose classifier (the backbone
-and that task's head) the job then takes.
+and that task's head) the job then takes. A transfer from a language model run takes the
+classifier of the same architecture (text_lm -> text_transformer), started from the LM's weights.
 """
 
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from bigmodel_ray.errors import SpecError
+from bigmodel_ray.models import CLASSIFIER_OF
 from bigmodel_ray.spec.job import SECTION_OF_KIND
 
 
@@ -28,10 +30,13 @@ def with_run_sections(raw: dict, source: str) -> dict:
         run_raw = yaml.safe_load((Path(run).expanduser() / "spec.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return raw        # not trained yet: the job validates, running it says what is missing
-    if "model" in raw and raw["model"] != run_raw.get("model"):
+    model = run_raw.get("model")
+    if given.fine_tunes and isinstance(model, dict) and model.get("name") in CLASSIFIER_OF:
+        model = {"name": CLASSIFIER_OF[model["name"]], "args": model.get("args") or {}}   # a language model's
+    if "model" in raw and raw["model"] != model:
         raise SpecError(f"{source}: model: a {kind} job takes its {given.what}'s model; remove this section")
     data = _run_data(run_raw, section.get(f"{given.key}_task"), source, f"{kind}.{given.key}")
-    out = {**raw, "model": run_raw.get("model")}
+    out = {**raw, "model": model}
     *parents, leaf = given.data_path
     node = out
     for key in parents:                 # copy the path down, so the caller's dict stays as it was

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from bigmodel_ray.models import MODELS, model_arg_names
+from bigmodel_ray.models import CLASSIFIER_OF, MODELS, model_arg_names
 from bigmodel_ray.spec.common import Section
 
 
@@ -37,6 +37,13 @@ class ModelSpec(Section):
         return v
 
 
+def classifier_counterpart(model: ModelSpec) -> ModelSpec:
+    """The classifier a model is fine-tuned into: itself, or a language model's counterpart."""
+    if model.name not in CLASSIFIER_OF:
+        return model
+    return ModelSpec(name=CLASSIFIER_OF[model.name], args=model.args)
+
+
 class OptimizerSpec(Section):
     name: Literal["adam", "adamw", "sgd"] = Field("adamw", description="the torch.optim optimizer")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (after warmup)")
@@ -64,6 +71,14 @@ class TrainSpec(Section):
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="ddp; fsdp: FSDP2 fully_shard (parameters, gradients and optimizer state sharded "
                            "across workers; CPU/gloo and GPU/nccl)")
+    activation_checkpointing: bool = Field(
+        False, description="keep only each block's input for the backward pass and recompute the block's activations "
+                           "there: less activation memory for about one more forward per step (the model's FSDP "
+                           "units; names in the state dict unchanged)")
+    compile: bool = Field(
+        False, description="torch.compile the model in place (state dict keys unchanged): faster steps on models "
+                           "big enough to be compute-bound, after a compile of seconds to minutes that shows in "
+                           "epoch 1's time (and again for each new batch shape); needs a C++ compiler on CPU")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="see below")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="see below")
 

@@ -7,7 +7,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from bigmodel_ray.spec.common import KindSection, RunInput, Section
 from bigmodel_ray.spec.data import DataSpec
-from bigmodel_ray.spec.train import ModelSpec, TrainSpec
+from bigmodel_ray.spec.train import ModelSpec, TrainSpec, classifier_counterpart
 
 STRATEGIES = ("linear_probe", "freeze", "full", "discriminative", "gradual", "dann")
 
@@ -53,14 +53,14 @@ class TransferSpec(KindSection):
             raise ValueError("source_task: picks a task of a multitask source run; transfer.source is a train step")
         return self
 
-    run_input: ClassVar[RunInput] = RunInput("source", "source run", ("transfer", "source_data"))
+    run_input: ClassVar[RunInput] = RunInput("source", "source run", ("transfer", "source_data"), fine_tunes=True)
 
     def supplies(self) -> frozenset[str]:
         return frozenset({"model"})        # the source's
 
     def complete(self, job) -> None:
         if isinstance(self.source, SourceJob):      # an inline source: its model, its data as the source domain
-            job.model = job.model or self.source.model
+            job.model = job.model or classifier_counterpart(self.source.model)
             self.source_data = self.source_data or self.source.data
 
     def data_sections(self) -> list[tuple[str, DataSpec]]:

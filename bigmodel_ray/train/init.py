@@ -44,7 +44,12 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def init_from(model: torch.nn.Module, path: str | Path, strict: bool = True) -> int:
     """Load the file's weights into `model` in place; returns how many tensors were loaded."""
-    weights, own = read_weights(path), model.state_dict()
+    return load_fitting(model, read_weights(path), strict, path)
+
+
+def load_fitting(model: torch.nn.Module, weights: dict[str, torch.Tensor], strict: bool, path) -> int:
+    """`weights` into `model` (all of them, or with `strict` false those that fit); errors name `path`."""
+    own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     misshaped = [k for k in own if k in weights and weights[k].shape != own[k].shape]
