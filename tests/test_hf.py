@@ -81,3 +81,16 @@ def test_an_hf_model_fine_tunes_resumes_and_exports(strategy, bert_folder, revie
     assert main(["export", str(run)]) == 0
     printed = capsys.readouterr().out
     assert "argmax agreement 1.0000" in printed, printed
+    if strategy == "fsdp":
+        return
+    # Distilled into the project's small text transformer (reading the BERT tokenizer's ids), then int8
+    compress = {"name": "small", "kind": "compress", "storage": str(tmp_path / "runs"),
+                "compress": {"teacher": str(run), "select": {"max_accuracy_drop": 1.0},
+                             "methods": [{"method": "distill", "epochs": 1,
+                                          "student": {"name": "text_transformer",
+                                                      "args": {"embed_dim": 16, "depth": 1, "num_heads": 2}}},
+                                         {"method": "quantize", "mode": "dynamic"}]}}
+    (tmp_path / "compress.yaml").write_text(yaml.safe_dump(compress))
+    assert main(["run", str(tmp_path / "compress.yaml")]) == 0
+    result = json.loads((tmp_path / "runs" / "small" / "result.json").read_text())
+    assert result["selected"] in ("1-distill", "2-quantize"), result
