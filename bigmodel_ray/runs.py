@@ -29,13 +29,24 @@ def check_same_job(run_dir: Path, spec, source: str, keys=("model", "data", "see
     old = yaml.safe_load(old_file.read_text()) or {}
     new = spec.model_dump(mode="json")
     for key in keys:
-        if old.get(key) != new[key]:
+        if _with_defaults(old.get(key), getattr(spec, key)) != new[key]:
             raise SpecError(f"{source}: {key}: differs from the {what} in {run_dir} that this job would resume; "
                             f"use another name (--set name=...)")
     done = epochs_logged(run_dir)
     if spec.train is not None and spec.train.epochs < done:      # it would train nothing, yet relabel the run
         raise SpecError(f"{source}: train.epochs: {spec.train.epochs} is fewer than the {done} epochs the {what} in "
                         f"{run_dir} has trained; use another name (--set name=...) or train.epochs >= {done}")
+
+
+def _with_defaults(old, section):
+    """A section as an earlier version wrote it, with the fields added since at their defaults
+    (they did what the default does), so that a run made before them still resumes."""
+    if not isinstance(old, dict) or not hasattr(section, "model_validate"):
+        return old
+    try:
+        return type(section).model_validate(old).model_dump(mode="json")
+    except ValueError:          # pydantic's ValidationError: it is not the same section any more
+        return old
 
 
 def read_epoch_log(run_dir: str | Path) -> list[dict]:

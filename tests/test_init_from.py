@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from bigmodel_ray.cli import main
@@ -72,3 +73,18 @@ def test_a_run_starts_from_the_file_and_a_wrong_file_exits_2(tiny_job, tmp_path,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.init_from:" in err and "mis-shaped" in err, err
     assert not (tmp_path / "runs" / "wrong").exists()             # refused before anything was written
+
+
+def test_a_run_made_before_a_field_existed_still_resumes(tmp_path):
+    from bigmodel_ray.runs import check_same_job
+    from bigmodel_ray.spec import SpecError, dump, validate
+
+    spec = validate({"name": "old", "data": {"source": "mnist1d"}, "model": {"name": "cnn1d", "args": ARGS}}, "j.yaml")
+    old = yaml.safe_load(dump(spec))
+    del old["model"]["init_from"], old["model"]["init_strict"]           # written before these keys existed
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(old))
+    check_same_job(tmp_path, spec, "j.yaml")
+    changed = validate({"name": "old", "data": {"source": "mnist1d"},
+                        "model": {"name": "cnn1d", "args": ARGS, "init_from": "w.pt"}}, "j.yaml")
+    with pytest.raises(SpecError, match="model: differs from the run"):
+        check_same_job(tmp_path, changed, "j.yaml")
