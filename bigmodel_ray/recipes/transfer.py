@@ -20,7 +20,6 @@ import torch
 from bigmodel_ray import kinds, runs
 from bigmodel_ray.data import DataBundle
 from bigmodel_ray.data.pipeline import start_state
-from bigmodel_ray.data.text import TOKENIZER_FILE
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.models import build_model, is_language_model
 from bigmodel_ray.spec import DataSpec, JobSpec, validate
@@ -81,14 +80,15 @@ def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, launch.Plan, d
         raise SpecError(f"{source}: transfer.strategy: dann needs a labelled source domain; the source is a "
                         f"language model")
     state = start_state() if launch.needs_pipeline_state(spec.data, tr.source_data) else None
-    target = launch.open_data(_source_tokens(spec.data, spec), spec, state, source, "data")
+    target = launch.open_data(launch.kept_tokenizer(spec.data, source_run(spec)), spec, state, source, "data")
     if language:      # its classifier counterpart, every weight but the head from the LM; no source-only baseline
         if target.input_shape != (model.max_length,):
             raise SpecError(f"{source}: data.text.max_length: the language model has {model.max_length} positions "
                             f"(got {target.input_shape[0]})")
         model, src, same_classes = _from_language_model(model, spec, target), None, False
     else:
-        src = launch.open_data(_source_tokens(tr.source_data, spec), spec, state, source, "transfer.source_data")
+        src = launch.open_data(launch.kept_tokenizer(tr.source_data, source_run(spec)), spec, state, source,
+                               "transfer.source_data")
         if target.input_shape != src.input_shape:
             raise SpecError(f"{source}: data: target inputs are {list(target.input_shape)}, the source model's "
                             f"{list(src.input_shape)}; give data.target_size or the source's shape")
@@ -128,15 +128,6 @@ def plan(spec: JobSpec, source: str, say=print) -> tuple[JobSpec, launch.Plan, d
                             extra={"initial_model": model,
                                    "data_sections": {name: sections[name].model_dump(mode="json") for name in datasets}})
     return spec, job, source_only
-
-
-def _source_tokens(data: DataSpec, spec: JobSpec) -> DataSpec:
-    """Text read with the source run's own tokenizer (token ids must mean what the source model
-    learnt), unless the job names one."""
-    tokenizer = source_run(spec) / TOKENIZER_FILE
-    if data.text is None or data.text.tokenizer_file is not None or not tokenizer.exists():
-        return data
-    return data.model_copy(update={"text": data.text.model_copy(update={"tokenizer_file": str(tokenizer)})})
 
 
 def _from_language_model(lm, spec: JobSpec, target: DataBundle):

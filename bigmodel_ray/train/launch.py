@@ -22,6 +22,7 @@ from bigmodel_ray.data import DataBundle, load_data
 from bigmodel_ray.data.images import bad_record_in
 from bigmodel_ray.data.pipeline import start_state
 from bigmodel_ray.data.sources import DataError
+from bigmodel_ray.data.text import TOKENIZER_FILE
 from bigmodel_ray.errors import RunFailed, SpecError
 from bigmodel_ray.models import build_model
 from bigmodel_ray.progress import EpochPrinter
@@ -51,7 +52,7 @@ def plan_classifier(spec: JobSpec, source: str) -> Plan:
     against the cluster; a bad job fails here (SpecError)."""
     use_gpu = uses_gpu(spec, source)
     state = start_state() if needs_pipeline_state(spec.data) else None
-    data = open_data(spec.data, spec, state, source, "data")
+    data = open_data(kept_tokenizer(spec.data, runs.run_dir_of(spec, source)), spec, state, source, "data")
     check_data_cpus(data, spec.resources, source)
     torch.manual_seed(spec.seed)          # as the workers do: the same fresh weights where init_from has none
     try:   # the model's own argument checks, before any worker starts
@@ -82,6 +83,15 @@ def task_objective(spec: JobSpec):
 def needs_pipeline_state(*sections: DataSpec) -> bool:
     """Augmentation draws and skipped-record counts go through the pipeline's state actor."""
     return any(d.augment is not None or d.on_bad_record == "skip" for d in sections)
+
+
+def kept_tokenizer(data_spec: DataSpec, run_dir: Path) -> DataSpec:
+    """Text read with the tokenizer kept in a run folder (a resumed run's own, a source model's),
+    unless the job names one: token ids must mean what the model learnt."""
+    kept = run_dir / TOKENIZER_FILE
+    if data_spec.text is None or data_spec.text.tokenizer_file is not None or not kept.exists():
+        return data_spec
+    return data_spec.model_copy(update={"text": data_spec.text.model_copy(update={"tokenizer_file": str(kept)})})
 
 
 def open_data(data_spec: DataSpec, spec: JobSpec, state, source: str, field: str) -> DataBundle:
