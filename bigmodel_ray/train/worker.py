@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from bigmodel_ray.models import build_model, shard_units
 from bigmodel_ray.runs import METRICS_FILE, read_epoch_log
 from bigmodel_ray.spec import DataSpec, JobSpec
+from bigmodel_ray.train.compute import prepare_compute
 from bigmodel_ray.train.inputs import ModelInputs
 from bigmodel_ray.train.objectives import Classify
 from bigmodel_ray.train.optim import apply_hyperparameters, build_optimizer, build_scheduler
@@ -116,7 +117,7 @@ def train_worker(config: dict) -> dict:
     base = config.get("initial_model")
     if base is None:
         base = build_model(spec.model.name, input_shape, num_classes, **spec.model.args)
-    base = objective.prepare(base)
+    base = prepare_compute(objective.prepare(base), t)
     model = wrap_model(base, t.strategy, device, objective.ddp_kwargs)
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     optimizer = build_optimizer(objective.param_groups(inner), t)
