@@ -67,6 +67,7 @@ def test_asha_stops_bad_trials_and_the_best_matches_its_history(ray_cluster, tin
     assert all(len(list(Path(p).glob("checkpoint_*"))) == 1 for p in sweep_dir.glob("run_trial_*"))
 
 
+@pytest.mark.slow        # ~70 s: keeps the default suite inside its budget
 def test_grid_search_covers_the_grid_exactly_once(ray_cluster, tiny_job):
     job = tiny_job("grid", resources=SWEEP_RESOURCES, train={"epochs": 1, "batch_size": 256}, search={
         "space": {"train.optimizer.lr": "choice([0.003, 0.01])", "model.args.channels": "grid([[4, 8], [8, 16]])"},

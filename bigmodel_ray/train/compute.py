@@ -16,14 +16,17 @@ from bigmodel_ray.models import shard_units
 from bigmodel_ray.spec import TrainSpec
 
 
-def prepare_compute(model: nn.Module, train: TrainSpec) -> nn.Module:
+def prepare_compute(model: nn.Module, train: TrainSpec, device: torch.device) -> nn.Module:
     if train.activation_checkpointing:
         for unit in shard_units(model):     # the blocks, also FSDP's units
             checkpoint_activations(unit)
     if train.compile:
-        # In place: no `_orig_mod.` prefix on the keys. Under FSDP2 one graph per batch shape:
-        # inductor (torch 2.13, CPU) failed to compile cnn1d's backward with a symbolic batch size.
-        model.compile(dynamic=False if train.strategy == "fsdp" else None)
+        # In place: no `_orig_mod.` prefix on the keys. On CPU, random numbers (dropout) come from
+        # ATen as in eager, so the masks are eager's: inductor's own made a text_transformer step
+        # 6x slower there. Under FSDP2 one graph per batch shape: inductor (torch 2.13, CPU)
+        # failed to compile cnn1d's backward with a symbolic batch size.
+        model.compile(dynamic=False if train.strategy == "fsdp" else None,
+                      options={"fallback_random": True} if device.type == "cpu" else None)
     return model
 
 

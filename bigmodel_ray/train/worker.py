@@ -117,7 +117,7 @@ def train_worker(config: dict) -> dict:
     base = config.get("initial_model")
     if base is None:
         base = build_model(spec.model.name, input_shape, num_classes, **spec.model.args)
-    base = prepare_compute(objective.prepare(base), t)
+    base = prepare_compute(objective.prepare(base), t, device)
     model = wrap_model(base, t.strategy, device, objective.ddp_kwargs)
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     optimizer = build_optimizer(objective.param_groups(inner), t)
