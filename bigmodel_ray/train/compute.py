@@ -23,7 +23,7 @@ def prepare_compute(model: nn.Module, train: TrainSpec, device: torch.device) ->
     if train.compile:
         # In place: no `_orig_mod.` prefix on the keys. On CPU, random numbers (dropout) come from
         # ATen as in eager, so the masks are eager's: inductor's own made a text_transformer step
-        # 6x slower there. Under FSDP2 one graph per batch shape: inductor (torch 2.13, CPU)
+        # ~6x slower there (profiled). Under FSDP2 one graph per batch shape: inductor (torch 2.13, CPU)
         # failed to compile cnn1d's backward with a symbolic batch size.
         model.compile(dynamic=False if train.strategy == "fsdp" else None,
                       options={"fallback_random": True} if device.type == "cpu" else None)
