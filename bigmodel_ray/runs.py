@@ -70,8 +70,20 @@ def finished(run_dir: Path, epochs: int | None = None) -> bool:
 
 
 def result_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a finished run's result.json names (its model)."""
-    return Path(json.loads((run_dir / RESULT_FILE).read_text())["checkpoint"])
+    """The checkpoint a finished run's result.json names (its model), never outside the run
+    folder: result.json is data, and must not point a loader at files elsewhere. A run folder
+    moved since keeps working (the checkpoint is then looked up by its name inside it)."""
+    result_file = Path(run_dir) / RESULT_FILE
+    try:
+        recorded = json.loads(result_file.read_text())["checkpoint"]
+        recorded = Path(recorded)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SpecError(f"{result_file}: checkpoint: not a finished run's result ({type(e).__name__})") from None
+    home = Path(run_dir).resolve()
+    for candidate in (recorded, home / recorded.name):
+        if candidate.resolve().is_relative_to(home) and candidate.name not in ("", ".", "..") and candidate.exists():
+            return candidate.resolve()
+    raise SpecError(f"{result_file}: checkpoint: {str(recorded)[:200]} is not a checkpoint inside {home}")
 
 
 def write_result(run_dir: Path, summary: dict) -> None:

@@ -1,10 +1,15 @@
 """Starting or joining Ray, quietly unless asked otherwise."""
 
+import atexit
 import logging
 import math
 import os
+import secrets
+import shutil
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
 STATE_API = None    # the embedded Ray's dashboard URL: pass it to ray.util.state calls made here
 # (not set in os.environ: the Jobs SDK would then send every submission to this instance)
@@ -41,6 +46,8 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if not verbose:
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if address is None and not _ray_started():
+        _private_token()
     import ray
     import ray.data
 
@@ -49,7 +56,11 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     cpus = None if address is not None else math.ceil(max(os.cpu_count() or 1, num_cpus or 0))
     port = 8265 if dashboard else free_port()
     embedded = {} if address is not None else {
-        "num_cpus": cpus, "include_dashboard": True, "dashboard_port": port,
+        # Only this machine talks to it: the dashboard / Jobs API binds 127.0.0.1 (Ray's default,
+        # stated), and the node advertises the loopback address. Ray 2.60's gRPC servers (GCS,
+        # raylet) bind every interface regardless; the token is what keeps others out of them.
+        "num_cpus": cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+        "_node_ip_address": "127.0.0.1",
         "object_store_memory": object_store_mb * 2**20 if object_store_mb else None,
         # Ray Train's placement-group cleaner finds the state API by auto-detection, which fails
         # ("multiple active Ray instances") when another Ray runs on this machine: it then never
@@ -65,6 +76,30 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     data_ctx.enable_progress_bars = verbose and sys.stderr.isatty()
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def _ray_started() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def _private_token() -> None:
+    """Token authentication for the embedded Ray, with a token of its own (mode 0600 in a private
+    folder, removed at exit): without it any local user could submit code through the dashboard's
+    Jobs API or the GCS and have it run as us. Ray reads RAY_AUTH_* from the environment only;
+    its processes inherit it."""
+    folder = Path(tempfile.mkdtemp(prefix="bigmodel-ray-auth-"))      # mode 0700
+    token = folder / "token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    atexit.register(shutil.rmtree, folder, True)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    os.environ.pop("RAY_AUTH_TOKEN", None)     # it would win over the file
+    if "ray" in sys.modules:        # Ray read the auth mode when it was imported: make it read again
+        from ray._raylet import Config
+
+        Config.initialize("")
 
 
 def free_port() -> int:

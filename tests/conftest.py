@@ -1,7 +1,6 @@
 import os
 
 # Read by ray.init and forwarded to Train controller/workers: must be set before Ray starts.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")                  # local test cluster: loopback only
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")

@@ -263,3 +263,9 @@ def test_compress_sweep_selects_across_trials_and_exports(ray_cluster, tmp_path)
     if summary["selected"] != "teacher":
         assert summary["export"]["argmax_agreement"] == 1.0
     assert (sweep_dir / "pareto.csv").exists() and (sweep_dir / "pareto.png").exists()
+    # The trials signed their candidates with the driver's key, which never reached the disk.
+    from bigmodel_ray import integrity
+
+    key = integrity.signing_key()
+    leaked = [f for f in sweep_dir.rglob("*") if f.is_file() and (key in (b := f.read_bytes()) or key.hex().encode() in b)]
+    assert leaked == []

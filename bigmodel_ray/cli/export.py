@@ -6,11 +6,13 @@ run holds a classifier per task: `--task NAME` exports that one (the backbone an
 """
 
 import json
+import re
 from pathlib import Path
 
 import torch
 
 from bigmodel_ray.errors import SpecError
+from bigmodel_ray.runs import RESULT_FILE, result_checkpoint
 
 
 def add_parser(sub) -> None:
@@ -34,20 +36,28 @@ def load_any(path: Path, task: str | None = None) -> tuple[torch.nn.Module, tupl
             raise SpecError(f"{path}: not a compress candidate (needs {path.name} and {info.name})")
         from bigmodel_ray.compress.export import load_program
 
-        model = load_program(path)
-        return model, tuple(json.loads(info.read_text())["input_shape"]), path.with_suffix(".onnx")
+        model, info = load_program(path)
+        return model, tuple(info["input_shape"]), path.with_suffix(".onnx")
     if (path / STATE_FILE).exists():
         model = load_classifier(path, f"{path}: cannot be exported", task,
                                 hint="" if task else "; --task NAME exports one task's classifier")
         return model, tuple(read_state(path)["meta"]["input_shape"]), path / f"model{'-' + task if task else ''}.onnx"
-    result_file = path / "result.json"
+    result_file = path / RESULT_FILE
     if result_file.exists():
-        result = json.loads(result_file.read_text())
-        if result.get("selected"):                                    # a compress run
-            model, shape, _ = load_any(path / "candidates" / f"{result['selected']}.pt2", task)
-            return model, shape, path / f"{result['selected']}.onnx"
+        try:
+            result = json.loads(result_file.read_text())
+        except ValueError as e:
+            raise SpecError(f"{result_file}: not JSON ({e})") from None
+        if not isinstance(result, dict):
+            raise SpecError(f"{result_file}: not a run's result (a JSON object)")
+        if selected := result.get("selected"):                        # a compress run
+            # A name, never a path: result.json must not send the loader out of the run folder.
+            if not isinstance(selected, str) or not re.fullmatch(r"[\w.-]{1,200}", selected) or selected.strip(".") == "":
+                raise SpecError(f"{result_file}: selected: not a candidate name ({str(selected)[:80]!r})")
+            model, shape, _ = load_any(path / "candidates" / f"{selected}.pt2", task)
+            return model, shape, path / f"{selected}.onnx"
         if result.get("checkpoint"):                                  # a train run
-            model, shape, default_out = load_any(Path(result["checkpoint"]), task)
+            model, shape, default_out = load_any(result_checkpoint(path), task)
             return model, shape, path / default_out.name
     raise SpecError(f"{path}: not a run folder, checkpoint folder or .pt2 candidate")
 

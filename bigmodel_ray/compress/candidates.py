@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bigmodel_ray import integrity
 from bigmodel_ray.compress import batch_dim, quantize
 from bigmodel_ray.compress import export as onnx_export
 from bigmodel_ray.compress import measure as timing
@@ -111,7 +112,8 @@ def choose(table: pd.DataFrame, c, folder: Path) -> str | None:
 
 
 def save(candidates, run_dir: Path, input_shape, num_classes: int, example, say) -> dict:
-    """Each candidate as a `torch.export` program (loadable without unpickling code) + its shapes."""
+    """Each candidate as a `torch.export` program, signed (integrity.py: loading one unpickles parts
+    of it), with its shapes and tag in `<name>.json`."""
     folder = run_dir / "candidates"
     folder.mkdir(exist_ok=True)
     saved = {}
@@ -125,8 +127,8 @@ def save(candidates, run_dir: Path, input_shape, num_classes: int, example, say)
             say(f"  {cand.name}: not saved as a torch.export program ({type(e).__name__}: "
                 f"{str(e).strip().splitlines()[0][:120]})")
             continue
-        (folder / f"{cand.name}.json").write_text(json.dumps({"input_shape": list(input_shape),
-                                                              "num_classes": num_classes}))
+        (folder / f"{cand.name}.json").write_text(json.dumps({"input_shape": list(input_shape), "num_classes": num_classes,
+                                                              "hmac_sha256": integrity.tag(path)}))
         saved[cand.name] = str(path)
     return saved
 

@@ -6,6 +6,7 @@ carries the max absolute difference of the logits, the share of equal argmax pre
 onnxruntime's latency at batch 1 and at the inputs' batch size.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from bigmodel_ray import integrity
 from bigmodel_ray.compress import batch_dim, quiet
+from bigmodel_ray.errors import SpecError
 
 
 class ExportError(Exception):
@@ -35,12 +38,24 @@ class Loaded(nn.Module):
         return self
 
 
-def load_program(path: str | Path) -> nn.Module:
+def load_program(path: str | Path) -> tuple[nn.Module, dict]:
+    """A compress candidate and its `<name>.json` (shapes), after its signature verified: the
+    loader unpickles parts of the archive, so an unsigned or altered program is never opened."""
+    path = Path(path)
+    info_file = path.with_suffix(".json")
+    try:
+        info = json.loads(info_file.read_text())
+        shape = info["input_shape"]
+        if not (isinstance(shape, list) and 0 < len(shape) <= 4 and all(type(n) is int and 0 < n <= 1 << 16 for n in shape)):
+            raise ValueError(f"input_shape {str(shape)[:80]}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SpecError(f"{info_file}: not a compress candidate's description ({type(e).__name__}: {str(e)[:120]})") from None
+    integrity.verify(path, info.get("hmac_sha256"))
     with quiet():            # torchao prints on import
         # A static int8 program calls the quantized_decomposed q/dq ops: registered by this import.
         import torchao.quantization.pt2e  # noqa: F401
 
-        return Loaded(torch.export.load(str(path)).module())
+        return Loaded(torch.export.load(str(path)).module()), info
 
 
 def inference_mode_of(model: nn.Module) -> nn.Module:

@@ -177,7 +177,7 @@ class Compress:
         for r in records:
             path = sweep_dir / "candidates" / f"{r.trial_id}.pt2"
             if r.status == "finished" and path.exists():
-                candidates.append(Candidate(r.trial_id, onnx_export.load_program(path)))
+                candidates.append(Candidate(r.trial_id, onnx_export.load_program(path)[0]))
         table = cands.measure(candidates, t.evaluator, c.measure)
         selected = cands.choose(table, c, sweep_dir)
         out = {"selected": selected, "candidates": table.drop(columns=["settings"]).to_dict(orient="records")}

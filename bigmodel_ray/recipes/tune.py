@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from bigmodel_ray import kinds, runs
+from bigmodel_ray import integrity, kinds, runs
 from bigmodel_ray.errors import RunFailed, SpecError
 from bigmodel_ray.spec import JobSpec, apply, dump, validate, without_search
 from bigmodel_ray.spec.space import distributions
@@ -56,10 +56,15 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     # Tune snapshots the sweep's state this often: what a killed driver can lose on restore.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")    # Tune's own tables off: SweepProgress reports
+    # The key that signs the trials' artifacts travels in memory (Ray's object store), never to disk.
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, raw_job=raw_job, source=source, sweep_dir=str(sweep_dir)),
+        tune.with_parameters(run_trial, raw_job=raw_job, source=source, sweep_dir=str(sweep_dir),
+                             artifact_key=integrity.signing_key()),
         {"cpu": search.trial_cpus})
     if tune.Tuner.can_restore(str(sweep_dir)):
+        # Restoring unpickles Tune's saved state: only from a folder no one else could have written.
+        integrity.check_private(sweep_dir, [*(p for p in sweep_dir.iterdir() if p.is_file() or p.is_symlink()),
+                                            *sweep_dir.glob("*/*.pkl")])
         done = sum(r.status in ("finished", "stopped") for r in results.collect(sweep_dir, epochs))
         say(f"{spec.name}: resuming the sweep in {sweep_dir} ({done} trials already ended)")
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -93,9 +98,11 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     return summary
 
 
-def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str) -> None:
+def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str, artifact_key: bytes) -> None:
     """The Tune trainable: the job with this trial's values, run by its kind."""
     from ray import tune
+
+    integrity.use_key(artifact_key)
 
     values = trial_values(config)
     spec = validate(apply(raw_job, values), source)     # raw_job has no search block: nothing more to check

@@ -6,13 +6,16 @@ strategy and world size. Loading uses `weights_only=True`: the file holds only t
 plain containers.
 """
 
+import pickle
 import random
 from functools import partial
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -23,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.models import build_model, classifier_path
+from bigmodel_ray.spec.train import ModelSpec
 
 STATE_FILE = "state.pt"
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -75,7 +79,17 @@ def save_state(state: dict, directory: str | Path) -> None:
 
 
 def read_state(directory: str | Path) -> dict:
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    """A checkpoint's state; a file that is not one this project wrote (a pickle of objects, a
+    damaged archive) is refused in one line, never unpickled."""
+    path = Path(directory) / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SpecError(f"{path}: not a checkpoint written by bigmodel-ray, refused ({first[:160]})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise SpecError(f"{path}: not a checkpoint written by bigmodel-ray (no model state)")
+    return state
 
 
 def restore_state(state: dict, model, optimizer, scheduler, scaler, rank: int) -> int:
@@ -98,8 +112,9 @@ def load_model(directory: str | Path, task: str | None = None) -> "torch.nn.Modu
     head as its classifier), so export and every other single-classifier path take it as is.
     """
     state = read_state(directory)
-    meta, weights = state["meta"], state["model"]
-    build = partial(build_model, meta["model"]["name"], tuple(meta["input_shape"]), **meta["model"]["args"])
+    meta, weights = checked_meta(state.get("meta"), Path(directory) / STATE_FILE), state["model"]
+    build = partial(bounded_build, Path(directory) / STATE_FILE, weights, meta["model"]["name"],
+                    tuple(meta["input_shape"]), meta["model"]["args"])
     if meta.get("kind") == "multitask":
         model = _task_classifier(directory, weights, task, build)
     elif task is not None:
@@ -108,6 +123,38 @@ def load_model(directory: str | Path, task: str | None = None) -> "torch.nn.Modu
         model = build(meta["num_classes"])
         model.load_state_dict(weights)
     return model.eval()
+
+
+class CheckpointMeta(BaseModel):
+    """What a checkpoint says about its model, checked like a job before anything is built."""
+    model_config = ConfigDict(extra="allow")
+    model: ModelSpec
+    input_shape: list[Annotated[int, Field(ge=1, le=1 << 20)]] = Field(min_length=1, max_length=4)
+    num_classes: Annotated[int, Field(ge=1, le=1 << 24)] | None = None
+
+
+def checked_meta(meta, where: Path) -> dict:
+    try:
+        return {**meta, **CheckpointMeta.model_validate(meta).model_dump()}
+    except (ValidationError, TypeError) as e:
+        first = str(e).splitlines()[1:3] if isinstance(e, ValidationError) else [str(e)]
+        raise SpecError(f"{where}: meta: not a model description this project wrote ({' '.join(first)[:200]})") from None
+
+
+def bounded_build(where: Path, weights: dict, name: str, input_shape: tuple, args: dict,
+                  num_classes: int) -> "torch.nn.Module":
+    """The model a checkpoint describes, built only if it is no bigger than the weights it holds:
+    the description is data from a file, and `channels: [2**40]` must fail here, not in malloc."""
+    try:
+        with torch.device("meta"):
+            probe = build_model(name, input_shape, num_classes, **args)
+    except Exception as e:       # the model's own argument checks: a description that cannot be built
+        raise SpecError(f"{where}: meta.model.args: cannot build {name} ({type(e).__name__}: {str(e)[:160]})") from None
+    wanted = sum(t.numel() for t in probe.state_dict().values())
+    held = sum(t.numel() for t in weights.values() if isinstance(t, torch.Tensor))
+    if wanted > 2 * held + (1 << 20):
+        raise SpecError(f"{where}: meta.model describes {wanted:,} weights, the checkpoint holds {held:,}")
+    return build_model(name, input_shape, num_classes, **args)
 
 
 def _task_classifier(directory, weights: dict, task: str | None, build) -> "torch.nn.Module":
