@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bigmodel_ray.compress import batch_dim, distill, export, lowrank, prune, quantize
+from bigmodel_ray.compress import candidates, distill, export, lowrank, prune, quantize
+from bigmodel_ray.compress.chain import Candidate
 from bigmodel_ray.compress.measure import parameter_counts, serialized_bytes
 from bigmodel_ray.models import build_model
 
@@ -122,23 +123,21 @@ def test_quantized_models_stay_close_to_fp32(trained_cnn, digits):
 
 
 def test_static_int8_saves_and_exports_dynamic_int8_says_why_not(trained_cnn, digits, tmp_path):
-    import json
     import subprocess
     import sys
 
     _, (x, _) = digits
     static = quantize.static(trained_cnn, [x[:64]], x[:8])
-    # Saved as a compress run saves a candidate (re-exported with the shared dynamic batch range),
+    # Saved as a compress run saves a candidate (re-exported with the shared dynamic batch range, signed),
     # then loaded and exported by `bigmodel-ray export` in a fresh process (no q/dq ops registered yet).
-    torch.export.save(torch.export.export(static, (x[:2],), dynamic_shapes=({0: batch_dim()},)), tmp_path / "s.pt2")
-    (tmp_path / "s.json").write_text(json.dumps({"input_shape": [1, 8, 8], "num_classes": 10}))
-    done = subprocess.run([sys.executable, "-m", "bigmodel_ray", "export", str(tmp_path / "s.pt2")],
+    candidates.save([Candidate("s", static)], tmp_path, (1, 8, 8), 10, x[:2], say=print)
+    done = subprocess.run([sys.executable, "-m", "bigmodel_ray", "export", str(tmp_path / "candidates" / "s.pt2")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     # onnxruntime's int8 kernels round a little differently from torch's q/dq: on export's random
     # inputs, logits differ by about one quantization step (measured 0.03-0.11)
     diff, agreement = re.search(r"max \|diff\| (\S+), argmax agreement (\S+);", done.stdout).groups()
-    assert float(diff) < 0.5 and float(agreement) >= 0.95 and (tmp_path / "s.onnx").exists()
+    assert float(diff) < 0.5 and float(agreement) >= 0.95 and (tmp_path / "candidates" / "s.onnx").exists()
     with pytest.raises(export.ExportError, match="^dynamic int8 .* has no ONNX translation; static int8 exports$"):
         export.to_onnx(quantize.dynamic(trained_cnn), x[:2], tmp_path / "d.onnx")
 
