@@ -27,6 +27,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 LANGUAGE_MODELS = ("text_lm",)      # trained with train.task: lm
+# Models that read their own weights from a folder when built: they cannot be built on the meta
+# device (nothing to size them by but that folder, which holds them already).
+FROM_FOLDER = ("hf",)
 # A language model's classifier counterpart: the same parameters but the head (fine-tuning from an LM)
 CLASSIFIER_OF = {"text_lm": "text_transformer"}
 

@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from bigmodel_ray.errors import SpecError
-from bigmodel_ray.models import build_model, classifier_path
+from bigmodel_ray.models import FROM_FOLDER, build_model, classifier_path
 from bigmodel_ray.spec.train import ModelSpec
 
 STATE_FILE = "state.pt"
@@ -145,6 +145,8 @@ def bounded_build(where: Path, weights: dict, name: str, input_shape: tuple, arg
                   num_classes: int) -> "torch.nn.Module":
     """The model a checkpoint describes, built only if it is no bigger than the weights it holds:
     the description is data from a file, and `channels: [2**40]` must fail here, not in malloc."""
+    if name in FROM_FOLDER:
+        return build_model(name, input_shape, num_classes, **args)
     try:
         with torch.device("meta"):
             probe = build_model(name, input_shape, num_classes, **args)
