@@ -39,7 +39,7 @@ def check_path(data_spec) -> None:
 
 def open_pipeline(data_spec, seed: int = 0):
     """The opened source, the image format, and a function split -> that split's `Transform`."""
-    from bigmodel_ray.data.images import ImageFormat
+    from bigmodel_ray.data.images import ImageFormat, max_pixels_of
     from bigmodel_ray.data.pipeline import Transform, augment_config
     from bigmodel_ray.data.shift import Shift
     from bigmodel_ray.data.sources import DataError
@@ -72,7 +72,8 @@ def open_pipeline(data_spec, seed: int = 0):
             synthetic=(data_spec.image_size, data_spec.num_classes) if source.storage == "ids" else None,
             split_seed=data_spec.split_seed, keep_share=source.hash_split.get(name),
             augment=aug if name == "train" and not on_device else None, emit_key=name == "train" and on_device,
-            seed=seed, skip_bad=data_spec.on_bad_record == "skip", shift=shift)
+            seed=seed, skip_bad=data_spec.on_bad_record == "skip", shift=shift,
+            num_classes=source.num_classes, max_pixels=max_pixels_of(data_spec))
 
     return source, fmt, input_shape, transform, (aug if on_device else None)
 

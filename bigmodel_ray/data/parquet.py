@@ -1,14 +1,27 @@
 """Parquet sources: a file, folder, glob or URI of rows with an image column (encoded bytes or
 raw pixels) and an integer label column; split folders (`train/`, `val/`, `test/`, as `data
 prepare` writes them) are used as they are, otherwise rows are split by the hash of their key.
-Only metadata (schema, row counts, labels) and the first image are read on the driver."""
+Only metadata (schema, row counts, labels) and the first image are read on the driver.
+
+A file that cannot be read at all (not parquet, a broken footer, a column of another type) stops
+the job naming it, even with `on_bad_record: skip`: it is not a record, and passing over it would
+drop an unknown number of rows without a count. Bad rows in readable files are records."""
 
 import json
 from pathlib import Path
 
 import numpy as np
 
-from bigmodel_ray.data.sources import DATASET_INFO, SPLITS, DataError, Source, probe_image, split_shares
+from bigmodel_ray.data.sources import (
+    DATASET_INFO,
+    PROBE_TRIES,
+    SPLITS,
+    DataError,
+    Source,
+    first_usable,
+    probe_image,
+    split_shares,
+)
 
 
 def open_parquet(spec) -> Source:
@@ -16,22 +29,29 @@ def open_parquet(spec) -> Source:
     import ray.data
 
     layout = parquet_layout(spec.path)
-    datasets, rows, label_parts = {}, {}, []
+    n_files, rows, label_parts = {}, {}, []
     info = _read_info(spec.path)
     for name, paths in layout.items():
         where = paths if isinstance(paths, str) else paths[0]
         if isinstance(paths, str) and Path(paths).is_dir() and not any(Path(paths).rglob("*.parquet")):
-            datasets[name], rows[name] = ray.data.from_items([]), 0          # an empty split (e.g. val: 0)
+            n_files[name], rows[name] = 0, 0          # an empty split (e.g. val: 0)
             continue
         try:
             table_meta = pads.dataset(paths, format="parquet")
-        except (OSError, ValueError) as e:
-            raise DataError("path", f"cannot read parquet at {where}: {e}") from None
+        except arrow_errors() as e:
+            raise DataError("path", f"cannot read parquet at {where}: {first_line(e)}") from None
         _check_columns(table_meta.schema, spec, where)
-        rows[name] = table_meta.count_rows()
+        n_files[name], rows[name] = len(table_meta.files), read_files(table_meta, lambda d: d.count_rows(), where, spec)
         if info is None:     # class count from the labels (one narrow column read)
-            label_parts.append(table_meta.to_table(columns=[spec.label_column]).column(0))
-        ds = _read_parquet(paths, len(table_meta.files), shuffle_seed=spec.split_seed if name != "test" else None)
+            label_parts.append(read_files(table_meta, lambda d: d.to_table(columns=[spec.label_column]).column(0),
+                                          where, spec))
+    first_image = _first_parquet_image(layout, spec)      # before Ray reads anything: bad data fails fast
+    datasets = {}
+    for name, paths in layout.items():
+        if not n_files[name]:
+            datasets[name] = ray.data.from_items([])
+            continue
+        ds = _read_parquet(paths, n_files[name], shuffle_seed=spec.split_seed if name != "test" else None)
         datasets[name] = ds.select_columns([spec.image_column, spec.label_column, "path", "row_hash"])
     if info is not None:
         num_classes, class_names = len(info["classes"]), info["classes"]
@@ -40,7 +60,7 @@ def open_parquet(spec) -> Source:
 
         num_classes, class_names = max(int(pc.max(part).as_py() or 0) for part in label_parts) + 1, None
     source = Source("encoded" if spec.image_format == "encoded" else "raw", datasets, rows, num_classes,
-                    class_names=class_names)
+                    first_image=first_image, class_names=class_names)
     if set(layout) == {"all"}:       # no split folders: split rows by the hash of their key
         source.hash_split = split_shares(spec)
         total = rows.pop("all")
@@ -51,8 +71,35 @@ def open_parquet(spec) -> Source:
         if missing:
             raise DataError("path", f"{spec.path} has train/ but no {'/ '.join(missing)}/ (run `bigmodel-ray data "
                                     f"prepare` to write all three, or point path at the files to split them by hash)")
-    source.first_image = _first_parquet_image(layout, spec)
     return source
+
+
+def arrow_errors() -> tuple[type[Exception], ...]:
+    import pyarrow as pa
+
+    return OSError, ValueError, pa.ArrowException
+
+
+def first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def read_files(dataset, read, where: str, spec=None):
+    """read(dataset), or a DataError naming the file it fails on. With `spec`, each file's own
+    columns are checked while looking: read alone, a file of other column types reads fine."""
+    try:
+        return read(dataset)
+    except arrow_errors() as e:
+        failure = first_line(e)
+    for fragment in dataset.get_fragments():      # file by file, only to name the file
+        try:
+            schema = fragment.physical_schema
+            read(fragment)
+        except arrow_errors() as e:
+            raise DataError("path", f"cannot read parquet file {fragment.path}: {first_line(e)}") from None
+        if spec is not None:
+            _check_columns(schema, spec, fragment.path)
+    raise DataError("path", f"cannot read parquet at {where}: {failure}")
 
 
 def _read_parquet(paths, n_files: int, shuffle_seed: int | None = None):
@@ -100,7 +147,16 @@ def _read_info(path: str) -> dict | None:
     if "://" in path or any(ch in path for ch in "*?["):
         return None
     info = Path(path).expanduser() / DATASET_INFO
-    return json.loads(info.read_text()) if info.is_file() else None
+    if not info.is_file():
+        return None
+    try:
+        data = json.loads(info.read_text())
+    except (OSError, ValueError) as e:       # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError("path", f"{info}: cannot read it as JSON ({first_line(e)})") from None
+    classes = data.get("classes") if isinstance(data, dict) else None
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise DataError("path", f"{info}: needs \"classes\", a list of class names (as `data prepare` writes it)")
+    return data
 
 
 def _check_columns(schema, spec, where: str) -> None:
@@ -113,23 +169,37 @@ def _check_columns(schema, spec, where: str) -> None:
     if not pa.types.is_integer(schema.field(spec.label_column).type):
         raise DataError("label_column", f"column {spec.label_column!r} in {where} is "
                                         f"{schema.field(spec.label_column).type}, not integer class ids")
+    image = schema.field(spec.image_column).type
+    binary = pa.types.is_binary(image) or pa.types.is_large_binary(image)
+    if spec.image_format == "encoded" and not binary:
+        raise DataError("image_format", f"column {spec.image_column!r} in {where} is {image}, not encoded image "
+                                        f"bytes (set image_format: raw and image_shape for raw pixels)")
+    if spec.image_format == "raw" and not (binary or pa.types.is_list(image) or pa.types.is_large_list(image)
+                                           or pa.types.is_fixed_size_list(image)):
+        raise DataError("image_format", f"column {spec.image_column!r} in {where} is {image}, not raw pixels "
+                                        f"(bytes or a list of numbers)")
 
 
 def _first_parquet_image(layout, spec) -> np.ndarray:
-    import pyarrow.dataset as pads
-
     from bigmodel_ray.data.images import ImageFormat, from_raw
 
     paths = layout.get("train", layout.get("all"))
-    head = pads.dataset(paths, format="parquet").head(1, columns=[spec.image_column]).column(0)
-    if len(head) == 0:
-        raise DataError("path", f"no rows in {paths}")
-    value = head[0].as_py()
     if spec.image_format == "raw":
-        h, w, c = spec.image_shape
+        h, w, _ = spec.image_shape
         fmt = ImageFormat(*(spec.target_size or (h, w)), 1 if spec.color_mode == "grayscale" else 3, resize=True)
-        return from_raw(value, spec.image_shape, fmt, "first row")
-    if not isinstance(value, bytes):
-        raise DataError("image_format", f"column {spec.image_column!r} holds {type(value).__name__}, not encoded "
-                                        f"image bytes (set image_format: raw and image_shape for raw pixels)")
-    return probe_image(value, spec, f"{paths} (first row)")
+        return first_usable(_first_rows(paths, spec), lambda row: from_raw(row[0], spec.image_shape, fmt, row[1]),
+                            spec)
+    return first_usable(_first_rows(paths, spec), lambda row: probe_image(row[0], spec, row[1]), spec)
+
+
+def _first_rows(paths, spec):
+    """(image value, origin) of the first rows, file after file."""
+    import pyarrow.dataset as pads
+
+    for fragment in pads.dataset(paths, format="parquet").get_fragments():
+        try:
+            column = fragment.head(PROBE_TRIES, columns=[spec.image_column]).column(0)
+        except arrow_errors() as e:
+            raise DataError("path", f"cannot read parquet file {fragment.path}: {first_line(e)}") from None
+        for row, value in enumerate(column.to_pylist()):
+            yield value, f"{fragment.path} (row {row})"

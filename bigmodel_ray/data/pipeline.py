@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from bigmodel_ray.data.augment import AugmentConfig, augment_batch, draws_for_keys, params_from_draws
-from bigmodel_ray.data.images import BadRecord, ImageFormat, decode, from_raw
+from bigmodel_ray.data.images import MAX_IMAGE_PIXELS, BadRecord, ImageFormat, decode, from_raw, read_file
+from bigmodel_ray.data.labels import class_ids
 from bigmodel_ray.data.shift import Shift, shift_images
 from bigmodel_ray.data.sources import hash_share
 from bigmodel_ray.data.synthetic import class_of, generate
@@ -74,6 +75,8 @@ class Transform:
     shift: Shift | None = None                      # image sources; built-in sets are shifted when opened
     seed: int = 0
     skip_bad: bool = False
+    num_classes: int | None = None                  # stored labels must be in [0, num_classes)
+    max_pixels: int = MAX_IMAGE_PIXELS              # encoded images: width x height, read from the header
 
 
 def transform_batch(batch: dict[str, np.ndarray], t: Transform, state=None, epoch: int | None = None) -> dict[str, np.ndarray]:
@@ -110,11 +113,12 @@ def transform_blocks(block: dict[str, np.ndarray], t: Transform, rows: int, stat
 
 
 def stored_images(batch: dict[str, np.ndarray], t: Transform, state=None):
-    """The batch's rows in this split as images (uint8 (n, H, W, C); float for built-ins), labels, keys."""
-    y, key = labels_and_keys(batch, t)
-    keep = in_split(key, t)
-    images, ok = _images(batch, t, keep, key, state)
-    y, key = y[keep][ok], key[keep][ok]
+    """The batch's rows in this split as images (uint8 (n, H, W, C); float for built-ins), labels, keys.
+    A bad record (its label or its image) raises BadRecord, or with `skip_bad` is dropped and counted."""
+    y, key, label_problems = _labels(batch, t)
+    rows = np.flatnonzero(in_split(key, t))
+    images, ok = _images(batch, t, rows, key, label_problems, state)
+    y, key = y[rows][ok], key[rows][ok]
     if t.shift is not None:      # the target domain itself: before (and whatever) the train augmentation
         images = shift_images(images, t.shift, key)
     return images, y, key
@@ -129,18 +133,36 @@ def in_split(key: np.ndarray, t: Transform) -> np.ndarray:
 
 
 def labels_and_keys(batch, t: Transform):
+    """Labels and keys of the rows whose label is a class id, read without decoding any image (data
+    inspect counts them); any other label raises BadRecord, or with `skip_bad` drops its row."""
+    y, key, problems = _labels(batch, t)
+    if problems and not t.skip_bad:
+        i = min(problems)
+        raise BadRecord(f"{_origin(batch, t, i, key)}: {problems[i]}")
+    good = y >= 0
+    return y[good], key[good]
+
+
+def _labels(batch, t: Transform):
+    """int64 labels (-1 where bad), uint64 keys, and {row: why} for labels that are not class ids."""
     if t.storage == "ids":
         ids = batch["id"].astype(np.int64)
-        return class_of(ids, t.synthetic[1], t.split_seed), ids.astype(np.uint64)
-    if t.storage in ("encoded", "raw"):
-        return batch[t.label_column].astype(np.int64), batch["row_hash"].astype(np.uint64)
+        return class_of(ids, t.synthetic[1], t.split_seed), ids.astype(np.uint64), {}
+    if t.storage in ("encoded", "raw"):       # stored by whoever wrote the files: checked
+        y, problems = class_ids(batch[t.label_column], t.num_classes)
+        return y, batch["row_hash"].astype(np.uint64), problems
     keys = batch["key"].astype(np.uint64) if "key" in batch else np.arange(len(batch["y"]), dtype=np.uint64)
-    return batch["y"].astype(np.int64), keys
+    return batch["y"].astype(np.int64), keys, {}
 
 
-def _images(batch, t: Transform, keep, key, state):
-    """uint8 (n, H, W, C) images of the kept rows (or float arrays for built-ins) and which decoded."""
-    rows = np.flatnonzero(keep)
+def _origin(batch, t: Transform, i: int, key: np.ndarray) -> str:
+    if t.storage == "files":
+        return batch["path"][i]
+    return f"{batch['path'][i]} (row_hash {key[i]})" if "path" in batch else f"row_hash {key[i]}"
+
+
+def _images(batch, t: Transform, rows, key, label_problems: dict[int, str], state):
+    """uint8 (n, H, W, C) images of `rows` (or float arrays for built-ins) and which were good records."""
     if t.storage == "array":
         x = batch["x"][rows]
         return (x.transpose(0, 2, 3, 1) if t.fmt is not None else x), np.ones(len(rows), bool)
@@ -151,18 +173,19 @@ def _images(batch, t: Transform, keep, key, state):
     ok = np.ones(len(rows), bool)
     bad = []
     for j, i in enumerate(rows):
-        origin = batch["path"][i] if t.storage == "files" else f"{batch['path'][i]} (row_hash {key[i]})"
+        origin = _origin(batch, t, i, key)
         try:
+            if i in label_problems:
+                raise BadRecord(f"{origin}: {label_problems[i]}")
             if t.storage == "files":
-                with open(origin, "rb") as f:
-                    out[j] = decode(f.read(), t.fmt, origin)
+                out[j] = decode(read_file(origin), t.fmt, origin, t.max_pixels)
             elif t.storage == "encoded":
-                out[j] = decode(batch[t.image_column][i], t.fmt, origin)
+                out[j] = decode(batch[t.image_column][i], t.fmt, origin, t.max_pixels)
             else:
                 out[j] = from_raw(batch[t.image_column][i], t.raw_shape, t.fmt, origin)
-        except (BadRecord, OSError) as e:
+        except BadRecord as e:
             if not t.skip_bad:
-                raise BadRecord(str(e) if isinstance(e, BadRecord) else f"{origin}: {e.strerror or e}") from None
+                raise
             ok[j] = False
             bad.append((origin, str(e).removeprefix(f"{origin}: ")))
     if bad and state is not None:    # waited for: the count must be in before the run reports it

@@ -17,14 +17,16 @@ train; otherwise rows are split by `split_seed`: image files stratified by class
 a hash of their key (streaming: every split reads the files, keeping its share).
 """
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bigmodel_ray.data.builtin import BUILTIN
-from bigmodel_ray.data.images import BadRecord
+from bigmodel_ray.data.images import BadRecord, read_file
 
 if TYPE_CHECKING:
     import ray
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
 DATASET_INFO = "dataset.json"        # written by `data prepare`: class names and split sizes
+PROBE_TRIES = 20                     # on_bad_record: skip — images tried for the first good one
 
 
 class DataError(ValueError):
@@ -139,7 +142,13 @@ def open_image_folder(spec) -> Source:
     files["train"] = _list_images(train_root, classes)
     if not files["train"][0]:
         raise DataError("path", f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {train_root}")
+    # An empty folder would still be a class: an output the model is never shown.
+    present = set(files["train"][1])
+    if empty := [name for c, name in enumerate(classes) if c not in present]:
+        raise DataError("path", f"class folder {train_root / empty[0]} has no images ({', '.join(IMAGE_EXTENSIONS)})"
+                                + (f", nor do {len(empty) - 1} more" if len(empty) > 1 else ""))
     _carve(files, spec)
+    first = first_usable(files["train"][0], lambda p: probe_image(read_file(p), spec, p), spec)
 
     datasets = {}
     for name, (paths, labels) in files.items():
@@ -150,9 +159,8 @@ def open_image_folder(spec) -> Source:
         table = pa.table({"path": paths, "y": pa.array(labels, pa.int64()), "key": pa.array(keys, pa.uint64())})
         # Many small blocks: file reading and decoding spread over all the data CPUs.
         datasets[name] = ray.data.from_arrow([table.slice(i, 256) for i in range(0, max(len(table), 1), 256)])
-    first = files["train"][0][0]
     return Source("files", datasets, rows={k: len(v[0]) for k, v in files.items()}, num_classes=len(classes),
-                  first_image=probe_image(Path(first).read_bytes(), spec, first), class_names=classes)
+                  first_image=first, class_names=classes)
 
 
 def _list_images(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
@@ -197,10 +205,27 @@ def _path_key(relative: str) -> int:
 
 def probe_image(data: bytes, spec, origin: str) -> np.ndarray:
     """The first image as the pipeline will see it: resized if a target size is set."""
-    from bigmodel_ray.data.images import ImageFormat, decode_any, fit
+    from bigmodel_ray.data.images import ImageFormat, decode_any, fit, max_pixels_of
 
-    try:
-        img = decode_any(data, 1 if spec.color_mode == "grayscale" else 3, origin)
-    except BadRecord as e:
-        raise DataError("path", str(e)) from None
+    img = decode_any(data, 1 if spec.color_mode == "grayscale" else 3, origin, max_pixels_of(spec))
     return fit(img, ImageFormat(*spec.target_size, img.shape[2], resize=True), origin) if spec.target_size else img
+
+
+def first_usable(stored: Iterable, probe: Callable[..., np.ndarray], spec) -> np.ndarray:
+    """`probe(item)` of the first stored item that is a good record: its image fixes the size.
+
+    With on_bad_record: fail the first record must be good, as it must in the pipeline; with skip
+    a bad one is passed over (the pipeline skips it too), up to PROBE_TRIES of them.
+    """
+    tries = PROBE_TRIES if spec.on_bad_record == "skip" else 1
+    problems = []
+    for item in islice(stored, tries):
+        try:
+            return probe(item)
+        except BadRecord as e:
+            problems.append(str(e))
+    if not problems:
+        raise DataError("path", f"no rows in {spec.path}")
+    if tries == 1:
+        raise DataError("path", f"{problems[0]} (data.on_bad_record: skip drops such records)")
+    raise DataError("path", f"none of the first {len(problems)} images can be used, e.g. {problems[0]}")

@@ -29,6 +29,8 @@ import numpy as np
 from bigmodel_ray.data.builtin import cache_dir
 from bigmodel_ray.data.bundle import DataBundle
 from bigmodel_ray.data.images import BadRecord
+from bigmodel_ray.data.labels import class_id
+from bigmodel_ray.data.parquet import read_files
 from bigmodel_ray.data.pipeline import in_split
 from bigmodel_ray.data.sources import SPLITS, DataError, split_shares
 
@@ -48,6 +50,7 @@ class TextTransform:
     split_seed: int
     keep_share: tuple[float, float]
     skip_bad: bool = False
+    num_classes: int | None = None          # integer labels must be in [0, num_classes)
 
 
 def source_path(spec) -> str:
@@ -69,7 +72,7 @@ def load_text(spec, state=None, task: str = "classify") -> DataBundle:
     tokenizer_json = tokenizer_for(spec, path, shares["train"])
     base = dict(columns=tuple(columns), label_column=label, classes=classes,
                 tokenizer_json=tokenizer_json, max_length=spec.text.max_length, split_seed=spec.split_seed,
-                skip_bad=spec.on_bad_record == "skip")
+                skip_bad=spec.on_bad_record == "skip", num_classes=rows["max_label"] + 1 if label and classes is None else None)
     datasets = {}
     for name in SPLITS:
         t = TextTransform(keep_share=shares[name], **base)
@@ -125,8 +128,8 @@ def _labels_and_rows(path: str, columns: list[str], label_column: str | None):
         if column not in names:
             raise DataError(key, f"column {column!r} is not in {path} (columns: {', '.join(names)})")
     if label_column is None:
-        return None, {"total": ds.count_rows(), "max_label": 0}
-    labels = ds.to_table(columns=[label_column]).column(0)
+        return None, {"total": read_files(ds, lambda d: d.count_rows(), path), "max_label": 0}
+    labels = read_files(ds, lambda d: d.to_table(columns=[label_column]).column(0), path)
     rows = {"total": len(labels), "max_label": 0}
     if pa.types.is_integer(labels.type):
         rows["max_label"] = int(pc.max(labels).as_py() or 0)
@@ -244,7 +247,7 @@ def tokenize_batch(batch: dict[str, np.ndarray], t: TextTransform, state=None) -
         if problem is None and index is not None:
             y[i] = index.get(label, -1)
         elif problem is None:
-            y[i] = int(label)
+            y[i], problem = class_id(label, t.num_classes)
         if problem or y[i] < 0:
             origin = f"{paths[i]} (row_hash {key[i]})"
             if not t.skip_bad:
