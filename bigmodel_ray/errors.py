@@ -1,8 +1,20 @@
 """The two ways a command fails: bad input (exit 2) and a run that failed (exit 1)."""
 
+MAX_MESSAGE_CHARS = 500
+
 
 class SpecError(Exception):
-    """A bad job file, override or input; the message is one line that names the file and key."""
+    """A bad job file, override or input; the message is one line that names the file and key.
+
+    Whatever the message echoes (a value, a path, a parser's complaint), it is kept to one line
+    of at most MAX_MESSAGE_CHARS: the echoed input may hold newlines or be megabytes long.
+    """
+
+    def __init__(self, message: str):
+        line = " ".join(str(message).splitlines())
+        if len(line) > MAX_MESSAGE_CHARS:
+            line = line[:MAX_MESSAGE_CHARS - 1] + "…"
+        super().__init__(line)
 
 
 class RunFailed(Exception):

@@ -107,10 +107,10 @@ def test_a_teacher_or_source_run_folder_supplies_the_model_and_data(tmp_path):
 
     compress = validate({"name": "c", "kind": "compress", "compress": {"teacher": str(run), "methods": methods}}, "c.yaml")
     assert compress.model == trained.model and compress.data == trained.data
-    other = {"source": "mnist1d"}
+    other = {"source": "synthetic", "image_size": 16}
     compress = validate({"name": "c", "kind": "compress", "data": other,
                          "compress": {"teacher": str(run), "methods": methods}}, "c.yaml")
-    assert compress.data.source == "mnist1d" and compress.model == trained.model   # the job's own data wins
+    assert compress.data.source == "synthetic" and compress.model == trained.model   # the job's own data wins
 
     transfer = validate({"name": "t", "kind": "transfer", "data": {"source": "digits", "shift": {"invert": True}},
                          "transfer": {"source": str(run)}}, "t.yaml")
@@ -120,3 +120,75 @@ def test_a_teacher_or_source_run_folder_supplies_the_model_and_data(tmp_path):
         with pytest.raises(SpecError, match=rf"^{kind}\.yaml: model: a {kind} job takes its .*model; remove this"):
             validate({"name": "x", "kind": kind, "data": {"source": "digits"}, "model": {"name": "mlp"}, kind: section},
                      f"{kind}.yaml")
+
+
+# Malformed input: each ends as one SpecError line (tests/test_fuzz.py tries many more).
+GOOD = "name: j\ndata: {source: digits}\nmodel: {name: cnn2d, args: {channels: [8, 16]}}\n"
+BOMB = "".join(f"b{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9 if i else ['lol'] * 9)}]\n" for i in range(9))
+
+
+@pytest.mark.parametrize("content, message", [
+    (BOMB + GOOD, r"line 5: not valid YAML \(more than 10,000 values once aliases are expanded\)"),
+    (GOOD.replace("[8, 16]", "&a [8, *a]"), r"line 3: not valid YAML \(alias \*a refers to a collection that contains it"),
+    (GOOD.encode() + b"seed: \xff\n", r"line 4: not UTF-8 text \(byte 0xff\)"),
+    (GOOD + "extra: " + "[" * 5000 + "\n", r"line 4: not valid YAML \(nested deeper than 32 levels\)"),
+    (GOOD + "seed: " + "9" * 5000 + "\n", r"line 4: not valid YAML \(an integer of 5,000 characters"),
+    (GOOD + "when: 2001-13-45\n", r"line 4: not valid YAML \(month must be in 1..12\)"),
+    (GOOD.replace("[8, 16]", "!!binary /w=="), r"model.args: must be numbers, strings, booleans, lists or mappings"),
+])
+def test_malformed_files_are_one_line(tmp_path, content, message):
+    path = tmp_path / "job.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(SpecError, match=rf"^{path}: {message}"):
+        load_job(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.args.channels.²=3", r"model.args.channels: has 2 entries; '²' is not one of them"),
+    ("model.args.channels=" + "[" * 2000, r"--set model.args.channels=\[+… \(2,020 characters\): value is not valid "
+                                          r"YAML \(nested deeper than 32 levels\)"),
+    ("model.args.channels=[-1]", r"model.args: cnn2d cannot be built for inputs \[1, 8, 8\]: every entry of channels "
+                                 r"must be >= 1 \(got -1\)"),
+    ("model={name: transformer, args: {num_heads: 0}}", r"model.args: transformer cannot be built .*num_heads must be >= 1"),
+    ("model={name: transformer, args: {patch_size: 16}}",
+     r"model.args: transformer cannot be built .*patch_size 16 is larger than the inputs \(8, 8\)"),
+    ("model.args.channels=[100000000, 100000000]", r"model.args: cnn2d would have [\d,]+ parameters"),
+    ("data.normalize={mean: [0.5], std: [.nan]}", r"data.normalize.std.0: must be a finite number \(got nan\)"),
+    ("data={source: synthetic, target_size: [0, 8]}", r"data.target_size.0: must be >= 1 \(got 0\)"),
+    ("seed=4294967296", r"seed: must be <= 4294967295"),
+    ("resources.workers=18446744073709551616", r"resources.workers: must be <= 4096"),
+    ("train.epochs=18446744073709551616", r"train.epochs: must be <= 100000"),
+    ("name=" + "a" * 201, r"name: must be at most 200 characters"),
+    ("storage=" + "x" * 3_000_000, r"--set storage=x+… \(3,000,008 characters\): value is longer than a job file"),
+    ("storage=" + "x" * 900_000, r"storage: String should have at most 4096 characters \(got 'x+'… \(900,000 characters\)\)"),
+])
+def test_malformed_overrides_are_one_short_line(tmp_path, override, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(GOOD)
+    with pytest.raises(SpecError, match=rf"^({path}: )?{message}") as e:
+        load_job(path, [override])
+    assert "\n" not in str(e.value) and len(str(e.value)) <= 500
+
+
+@pytest.mark.parametrize("run_spec, message", [
+    ("- a\n- list\n", r"compress.teacher: .*/spec.yaml is not a job spec \(a mapping of sections\); got list"),
+    ("kind: multitask\nmultitask: {tasks: [a, b]}\n", r"compress.teacher: the run's spec.yaml has no multitask.tasks"),
+    ("model: {name: cnn2d}\n\xff", r"compress.teacher: .*/spec.yaml: line 2: not UTF-8 text"),
+])
+def test_a_malformed_run_folder_is_one_line(tmp_path, run_spec, message):
+    (tmp_path / "spec.yaml").write_bytes(run_spec.encode("latin-1"))
+    job = {"name": "c", "kind": "compress", "compress": {"teacher": str(tmp_path), "teacher_task": "a",
+                                                         "methods": [{"method": "prune", "amount": 0.5}]}}
+    from bigmodel_ray.spec import validate
+    with pytest.raises(SpecError, match=rf"^c.yaml: {message}"):
+        validate(job, "c.yaml")
+
+
+def test_validate_of_a_bomb_exits_2_in_process(tmp_path, capsys):
+    from bigmodel_ray.cli import main
+
+    path = tmp_path / "job.yaml"
+    path.write_text(BOMB.replace("b8: &b8", "x: &b8") + GOOD.replace("[8, 16]", "*b8"))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more than 10,000 values" in err

@@ -15,6 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     from bigmodel_ray.cli.data import add_parser as add_data_parser
     from bigmodel_ray.cli.export import add_parser as add_export_parser
     from bigmodel_ray.cli.generate import add_parser as add_generate_parser
+    from bigmodel_ray.cli.predict import add_parser as add_predict_parser
 
     p = argparse.ArgumentParser(prog="bigmodel-ray", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_export_parser(sub)
     add_generate_parser(sub)
+    add_predict_parser(sub)
     return p
 
 
@@ -166,6 +168,10 @@ def main(argv=None) -> int:
             from bigmodel_ray.cli import generate
 
             return generate.run(args)
+        elif args.command == "predict":
+            from bigmodel_ray.cli import predict
+
+            return predict.run(args)
         elif args.command == "cluster":
             from bigmodel_ray import cluster
 

@@ -3,6 +3,8 @@
 import torch
 import torch.nn as nn
 
+from bigmodel_ray.models.limits import check_layers, check_positive
+
 
 class _ResidualBlock(nn.Module):
     """conv-BN-ReLU-conv-BN plus a (strided 1x1 when shapes change) shortcut, then ReLU."""
@@ -31,6 +33,11 @@ class _ResNet(nn.Module):
     def __init__(self, input_shape, num_classes, channels=(32, 64), blocks_per_stage: int = 1,
                  kernel_size: int = 3, dropout: float = 0.1, stem_stride: int = 1):
         super().__init__()
+        for width in channels:
+            check_positive("every entry of channels", width)
+        check_positive("blocks_per_stage", blocks_per_stage)
+        if isinstance(blocks_per_stage, int):
+            check_layers("len(channels) * blocks_per_stage", len(channels) * blocks_per_stage)
         c_in = input_shape[0]
         # stem_stride > 1 downsamples at once, as ResNet's stem does for large images (224x224).
         stem_kernel = kernel_size if stem_stride == 1 else max(kernel_size, 2 * stem_stride - 1)

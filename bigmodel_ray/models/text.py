@@ -8,6 +8,7 @@ same single tensor as every other model (and exports to ONNX with one input).
 import torch
 import torch.nn as nn
 
+from bigmodel_ray.models.limits import check_layers
 from bigmodel_ray.models.transformer import EncoderBlock
 
 POOLINGS = ("mean", "cls", "max")
@@ -29,6 +30,7 @@ class TextTransformer(nn.Module):
             raise ValueError(f"pooling must be one of {' | '.join(POOLINGS)} (got {pooling!r})")
         if vocab_size < 1 or embed_dim < 1 or depth < 1:
             raise ValueError("vocab_size, embed_dim and depth must be >= 1")
+        check_layers("depth", depth)
         self.pooling, self.vocab_size, self.max_length = pooling, vocab_size, input_shape[0]
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.pos = nn.Parameter(torch.randn(1, input_shape[0], embed_dim) * 0.02)

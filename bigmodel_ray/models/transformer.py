@@ -11,10 +11,13 @@ import math
 import torch
 import torch.nn as nn
 
+from bigmodel_ray.models.limits import check_layers, check_positive
+
 
 class MultiHeadSelfAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
+        check_positive("num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads, self.head_dim = num_heads, embed_dim // num_heads
@@ -75,6 +78,9 @@ class TransformerClassifier(nn.Module):
                  mlp_ratio: float = 2.0, patch_size: int = 4, patch_stride: int | None = None,
                  dropout: float = 0.1):
         super().__init__()
+        check_layers("depth", depth)
+        check_positive("patch_size", patch_size)
+        check_positive("patch_stride", patch_stride)
         channels, *spatial = input_shape
         stride = patch_stride or patch_size
         if len(spatial) == 1:
@@ -85,6 +91,8 @@ class TransformerClassifier(nn.Module):
             num_tokens = (spatial[0] // patch_size) * (spatial[1] // patch_size)
         else:
             raise ValueError(f"transformer expects (C, L) or (C, H, W) inputs, got {tuple(input_shape)}")
+        if num_tokens < 1:
+            raise ValueError(f"patch_size {patch_size} is larger than the inputs {tuple(spatial)}")
         self.cls = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos = nn.Parameter(torch.randn(1, num_tokens + 1, embed_dim) * 0.02)
         self.blocks = nn.ModuleList(EncoderBlock(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(depth))

@@ -10,9 +10,11 @@ schema sits in the module of its owner here, and maps to one package of the libr
   multitask.py  `multitask`   -> bigmodel_ray.transfer        (kind multitask)
   search.py     `search`      -> bigmodel_ray.tune            (any kind: a sweep of the job)
   job.py        the job itself: kinds, which sections each needs
-Reading a job: load.py (YAML, --set via overrides.py, validation), runs.py (a teacher or source
-run folder's model and data), space.py (search spaces), messages.py (one-line errors:
-`FILE: key.path: message (got VALUE)`). `docs/spec.md` is generated from these models.
+Reading a job: load.py (YAML, --set via overrides.py, validation), yaml_input.py (YAML read
+within bounds: size, depth, aliases), runs.py (a teacher or source run folder's model and data),
+space.py (search spaces), buildable.py (model.args tried on the meta device), messages.py
+(one-line errors: `FILE: key.path: message (got VALUE)`, values cut short). `docs/spec.md` is
+generated from these models.
 """
 
 from bigmodel_ray.errors import SpecError

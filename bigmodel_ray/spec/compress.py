@@ -5,21 +5,22 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from bigmodel_ray.spec.common import KindSection, RunInput, Section
+from bigmodel_ray.spec.common import MAX_BATCH, MAX_CPUS, MAX_EPOCHS, KindSection, PathStr, RunInput, Section
+from bigmodel_ray.spec.messages import shown
 from bigmodel_ray.spec.train import ModelSpec
 
 
 class _Method(Section):
-    finetune_epochs: int = Field(0, ge=0, description="DDP fine-tuning epochs after this method")
+    finetune_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, description="DDP fine-tuning epochs after this method")
     finetune_lr: float | None = Field(None, gt=0, description="default: train.optimizer.lr / 10")
 
 
 class DistillMethod(_Method):
     method: Literal["distill"] = Field(description="picks the method")
     student: ModelSpec = Field(description="the smaller model trained from the teacher")
-    temperature: float = Field(4.0, gt=0, description="softens both distributions (Hinton's T)")
+    temperature: float = Field(4.0, gt=0, le=1000, description="softens both distributions (Hinton's T)")
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term; 1 - alpha: labels")
-    epochs: int = Field(10, gt=0, description="student training epochs (on the DDP loop)")
+    epochs: int = Field(10, gt=0, le=MAX_EPOCHS, description="student training epochs (on the DDP loop)")
 
 
 class PruneMethod(_Method):
@@ -27,7 +28,7 @@ class PruneMethod(_Method):
     amount: float = Field(gt=0, lt=1, description="share of weights (unstructured) or channels (structured)")
     structured: bool = Field(False, description="remove whole channels/neurons (shrinks layers) instead of zeroing")
     norm: Literal[1, 2] = Field(1, description="structured: rank channels by their L1 or L2 norm")
-    steps: int = Field(1, ge=1, description="gradual: reach `amount` in this many steps, each fine-tuned")
+    steps: int = Field(1, ge=1, le=1000, description="gradual: reach `amount` in this many steps, each fine-tuned")
 
 
 class LowRankMethod(_Method):
@@ -48,7 +49,7 @@ class QuantizeMethod(Section):
     method: Literal["quantize"] = Field(description="picks the method")
     mode: Literal["dynamic", "static"] = Field("dynamic", description="int8: dynamic (Linear layers, eager) or "
                                                                         "static (calibrated, compiled)")
-    calibration_batches: int = Field(8, gt=0, description="static: training batches that set activation ranges")
+    calibration_batches: int = Field(8, gt=0, le=MAX_EPOCHS, description="static: training batches that set activation ranges")
 
 
 Method = Annotated[DistillMethod | PruneMethod | LowRankMethod | QuantizeMethod, Field(discriminator="method")]
@@ -58,9 +59,10 @@ TRIAL_METRICS = frozenset({"val_accuracy", "val_f1", "params", "bytes", "nonzero
 
 
 class MeasureSpec(Section):
-    batch_sizes: list[int] = Field([1, 256], min_length=1, description="CPU latency at each batch size")
-    threads: int = Field(1, gt=0, description="torch threads while timing")
-    rounds: int = Field(3, gt=0, description="interleaved timing rounds; each model keeps its best")
+    batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_BATCH)]] = Field([1, 256], min_length=1, max_length=16,
+                                                                       description="CPU latency at each batch size")
+    threads: int = Field(1, gt=0, le=MAX_CPUS, description="torch threads while timing")
+    rounds: int = Field(3, gt=0, le=1000, description="interleaved timing rounds; each model keeps its best")
 
 
 class SelectSpec(Section):
@@ -70,7 +72,7 @@ class SelectSpec(Section):
 
 
 class CompressSpec(KindSection):
-    teacher: str | None = Field(None, description="a finished train or transfer run folder (multitask: with "
+    teacher: PathStr | None = Field(None, description="a finished train or transfer run folder (multitask: with "
                                                   "teacher_task); none: train this job's own "
                                                   "data/model/train sections first (<name>-teacher)")
     teacher_task: str | None = Field(None, description="a multitask teacher run: the task whose classifier "
@@ -90,12 +92,16 @@ class CompressSpec(KindSection):
                                  f"method {i + 1} of {len(self.methods)}")
         allowed = [f"latency_ms_bs{b}" for b in self.measure.batch_sizes] + list(CANDIDATE_METRICS)
         if self.select.minimize not in allowed:
-            raise ValueError(f"select: minimize must be one of {' | '.join(allowed)} (got {self.select.minimize!r})")
+            raise ValueError(f"select: minimize must be one of {' | '.join(allowed)} (got {shown(self.select.minimize)})")
         return self
 
     def supplies(self) -> frozenset[str]:
         # A teacher run folder brings its model, and its data unless the job names other data.
         return frozenset({"data", "model"}) if self.teacher is not None else frozenset()
+
+    def models(self, job) -> list[tuple[str, ModelSpec, object]]:
+        return [(f"compress.methods.{i}.student", m.student, job.data)
+                for i, m in enumerate(self.methods) if m.method == "distill"]
 
     def trial_metrics(self, job) -> frozenset[str]:
         return TRIAL_METRICS | {f"latency_ms_bs{b}" for b in self.measure.batch_sizes}

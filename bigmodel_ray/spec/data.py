@@ -1,13 +1,17 @@
 """The `data` section: where rows come from, how they are split, decoded, shifted and augmented
 (bigmodel_ray.data reads it)."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from bigmodel_ray.data import SOURCES
 from bigmodel_ray.data.builtin import BUILTIN, check_mnist1d_args
-from bigmodel_ray.spec.common import Section
+from bigmodel_ray.spec.common import MAX_SEED, PathStr, Section, plain_data
+
+# OpenCV's warps and resizes take images under 32,767 pixels a side.
+Side = Annotated[int, Field(ge=1, le=32_767)]
+MAX_SCALE = 100.0       # zoom, brightness and shift scale factors
 
 
 class AugmentSpec(Section):
@@ -29,8 +33,8 @@ class AugmentSpec(Section):
     @field_validator("zoom_range", "brightness_range")
     @classmethod
     def _ordered(cls, v):
-        if v is not None and not 0 < v[0] <= v[1]:
-            raise ValueError("must be [lo, hi] with 0 < lo <= hi")
+        if v is not None and not 0 < v[0] <= v[1] <= MAX_SCALE:
+            raise ValueError(f"must be [lo, hi] with 0 < lo <= hi <= {MAX_SCALE:g}")
         return v
 
 
@@ -52,12 +56,12 @@ class ShiftSpec(Section):
     """The same data, shifted: a target domain made from a real source (see data/shift.py).
     Every split alike, before the train split's augmentation."""
     rotation: float = Field(0.0, ge=-180, le=180, description="degrees, every image alike (2-D only)")
-    scale: float = Field(1.0, gt=0, description="zoom about the centre (images) or stretch (series)")
+    scale: float = Field(1.0, gt=0, le=MAX_SCALE, description="zoom about the centre (images) or stretch (series)")
     invert: bool = Field(False, description="min + max - x (255 - x for image files): dark on light "
                                             "becomes light on dark")
-    noise: float = Field(0.0, ge=0, description="Gaussian noise, as a share of the value range")
-    blur: float = Field(0.0, ge=0, description="Gaussian blur sigma, in pixels / steps")
-    seed: int = Field(0, ge=0, description="seeds the noise (with each row's key: the same noise every epoch)")
+    noise: float = Field(0.0, ge=0, le=MAX_SCALE, description="Gaussian noise, as a share of the value range")
+    blur: float = Field(0.0, ge=0, le=1000, description="Gaussian blur sigma, in pixels / steps")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the noise (with each row's key: the same noise every epoch)")
 
 
 class TextSpec(Section):
@@ -69,7 +73,7 @@ class TextSpec(Section):
     vocab_size: int = Field(8000, ge=64, le=1_000_000, description="the trained tokenizer's vocabulary, special tokens included")
     max_length: int = Field(128, ge=2, le=65536, description="tokens kept per row ([CLS] included); longer rows are truncated")
     lowercase: bool = Field(True, description="lowercase text before tokenizing")
-    tokenizer_file: str | None = Field(None, description="use this tokenizer.json instead of training one (or a "
+    tokenizer_file: PathStr | None = Field(None, description="use this tokenizer.json instead of training one (or a "
                                                          "folder holding it: a language model run's, to fine-tune "
                                                          "from it); [PAD] must be id 0; vocab_size must cover it")
 
@@ -81,21 +85,22 @@ REVIEW_COLUMNS = ["Title", "Review Text"]
 
 class DataSpec(Section):
     source: str = Field(description="built-in set or a source kind: " + " | ".join(SOURCES))
-    path: str | None = Field(None, description="parquet: file, folder, glob or URI (s3://, gs://); "
+    path: PathStr | None = Field(None, description="parquet: file, folder, glob or URI (s3://, gs://); "
                                                 "image_folder: a folder of class subfolders")
     image_column: str = Field("image", description="parquet: column of encoded (PNG/JPEG) bytes or raw pixels")
     label_column: str = Field("label", description="parquet: integer class column; text: integer or string classes "
                                                    "(class names sorted)")
     image_format: Literal["encoded", "raw"] = Field("encoded", description="parquet: how images are stored")
-    image_shape: tuple[int, int, int] | None = Field(None, description="parquet raw: [height, width, channels] (uint8)")
-    target_size: tuple[int, int] | None = Field(None, description="resize every image to [height, width]")
+    image_shape: tuple[Side, Side, Literal[1, 3]] | None = Field(
+        None, description="parquet raw: [height, width, channels] (uint8)")
+    target_size: tuple[Side, Side] | None = Field(None, description="resize every image to [height, width]")
     color_mode: Literal["rgb", "grayscale"] = Field("rgb", description="decoded channels")
-    count: int = Field(10_000, gt=0, description="synthetic: number of images")
-    image_size: int = Field(64, ge=8, description="synthetic: height and width")
-    num_classes: int = Field(10, ge=2, description="synthetic: classes")
+    count: int = Field(10_000, gt=0, le=10**9, description="synthetic: number of images")
+    image_size: int = Field(64, ge=8, le=4096, description="synthetic: height and width")
+    num_classes: int = Field(10, ge=2, le=1_000_000, description="synthetic: classes")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the training rows held out for validation")
     test_fraction: float = Field(0.15, gt=0, lt=1, description="share held out for test where the set has no test split")
-    split_seed: int = Field(0, description="fixes the train/val/test split, independent of the job seed")
+    split_seed: int = Field(0, ge=0, le=MAX_SEED, description="fixes the train/val/test split, independent of the job seed")
     in_memory: bool | Literal["auto"] = Field("auto", description="workers keep val/test (and un-augmented train) in "
                                                                   "memory after the first pass; auto: built-in sets and reviews")
     normalize: NormalizeSpec | None = Field(None, description="per-channel mean/std after scaling to 0..1")
@@ -145,6 +150,7 @@ class DataSpec(Section):
             if self.source != "mnist1d":
                 raise ValueError(f"generator: only for source mnist1d (source is {self.source})")
             try:
+                plain_data(self.generator)
                 check_mnist1d_args(self.generator)
             except ValueError as e:
                 raise ValueError(f"generator: {e}") from None

@@ -6,26 +6,33 @@ from typing import Literal, get_args
 
 import yaml
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticSerializationError
 
+from bigmodel_ray.errors import SpecError
 from bigmodel_ray.kinds import KINDS
 from bigmodel_ray.models import LANGUAGE_MODELS, takes_tokens
-from bigmodel_ray.spec.common import EPOCH_METRICS, KindSection, Section
+from bigmodel_ray.spec.buildable import check_buildable
+from bigmodel_ray.spec.common import EPOCH_METRICS, MAX_SEED, KindSection, PathStr, Section
 from bigmodel_ray.spec.compress import CompressSpec
 from bigmodel_ray.spec.data import DataSpec
+from bigmodel_ray.spec.messages import cut, shown
 from bigmodel_ray.spec.multitask import MultiTaskSpec
 from bigmodel_ray.spec.search import SearchSpec
 from bigmodel_ray.spec.train import CheckpointSpec, FailureSpec, ModelSpec, ResourcesSpec, TrainSpec
 from bigmodel_ray.spec.transfer import TransferSpec
 
 COMMON = ("data", "model")        # sections a kind may supply itself (KindSection.supplies)
+# Folder names take 255 bytes; runs add suffixes (-teacher, -source, a trial's) to the job's name.
+MAX_NAME_CHARS = 200
 
 
 class JobSpec(Section):
-    name: str = Field(description="run folder name under `storage` (default: the job file's name); rerunning "
-                                  "the same name resumes it")
+    name: str = Field(description="run folder name under `storage` (default: the job file's name; letters, "
+                                  "digits, '_', '.', '-', at most 200 characters); rerunning the same name "
+                                  "resumes it")
     kind: Literal[tuple(KINDS)] = Field("train", description="what the job does: " + " | ".join(KINDS))
-    seed: int = Field(0, description="model init, data order and dropout")
-    storage: str = Field("runs", description="folder holding run folders")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="model init, data order and dropout")
+    storage: PathStr = Field("runs", description="folder holding run folders")
     data: DataSpec | None = Field(None, description="required, except in a compress job with a teacher run folder; "
                                                     "transfer: the target domain; multitask: none (see tasks)")
     model: ModelSpec | None = Field(None, description="required, except where it comes from a compress job's teacher "
@@ -59,6 +66,7 @@ class JobSpec(Section):
             if getattr(self, key) is None and key not in supplied:
                 raise ValueError(f"{key}: required key is missing")
         self._check_inputs()
+        self._check_models(own)
         if self.search is not None:
             self._check_objectives(own)
         return self
@@ -82,8 +90,21 @@ class JobSpec(Section):
         if text is not None:
             vocab = self.model.args.setdefault("vocab_size", text.vocab_size)
             if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < text.vocab_size:
-                raise ValueError(f"model.args.vocab_size: {vocab} is smaller than data.text.vocab_size "
+                raise ValueError(f"model.args.vocab_size: {shown(vocab)} is smaller than data.text.vocab_size "
                                  f"{text.vocab_size}")
+
+    def _check_models(self, own: KindSection | None):
+        """Every model is built (on the meta device) for the inputs its data implies."""
+        data = self.data
+        if data is None and own is not None:        # multitask: the backbone reads every task's data alike
+            data = next((section for _, section in own.data_sections()), None)
+        found = [("model", self.model, data)] + (own.models(self) if own is not None else [])
+        for key, model, data in found:
+            if model is not None and data is not None:
+                try:
+                    check_buildable(model, data)
+                except ValueError as e:
+                    raise ValueError(f"{key}.args: {e}") from None
 
     def _check_objectives(self, own: KindSection | None):
         reported = own.trial_metrics(self) if own is not None else EPOCH_METRICS
@@ -99,6 +120,8 @@ class JobSpec(Section):
     def _safe_name(cls, v):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
             raise ValueError("must be letters, digits, '_', '.', '-' (it names a folder)")
+        if len(v) > MAX_NAME_CHARS:
+            raise ValueError(f"must be at most {MAX_NAME_CHARS} characters (it names a folder)")
         return v
 
 
@@ -123,4 +146,8 @@ def without_search(raw: dict) -> dict:
 
 
 def dump(spec: JobSpec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    try:
+        return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    except (PydanticSerializationError, ValueError, RecursionError) as e:     # a value validation let through
+        raise SpecError(f"{spec.name}: the resolved spec cannot be written as YAML ({type(e).__name__}: "
+                        f"{cut(str(e))})") from None

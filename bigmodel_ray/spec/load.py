@@ -1,8 +1,7 @@
-"""Reading a job: YAML (safe_load), `--set` overrides, validation, one-line errors."""
+"""Reading a job: bounded YAML (yaml_input.py), `--set` overrides, validation, one-line errors."""
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from bigmodel_ray.errors import SpecError
@@ -11,19 +10,18 @@ from bigmodel_ray.spec.messages import describe, one_line
 from bigmodel_ray.spec.overrides import apply_overrides
 from bigmodel_ray.spec.runs import with_run_sections
 from bigmodel_ray.spec.space import check_space
+from bigmodel_ray.spec.yaml_input import BadYAML, read_yaml
 
 
 def load_job(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     """Read, override (`key.path=value`, value parsed as YAML) and validate a job file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path)
     except OSError as e:
-        raise SpecError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise SpecError(f"{path}: cannot read ({e.strerror or e})") from None
+    except BadYAML as e:
+        raise SpecError(f"{path}: {e}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: must be a YAML mapping of sections (got {type(raw).__name__})")
     raw.setdefault("name", path.stem)

@@ -8,15 +8,16 @@ from pydantic import Field, field_validator
 
 from bigmodel_ray.spec.common import KindSection, Section
 from bigmodel_ray.spec.data import DataSpec
+from bigmodel_ray.spec.messages import shown
 
 
 class TaskSpec(Section):
     data: DataSpec = Field(description="this task's data (any source)")
-    weight: float = Field(1.0, gt=0, description="this task's loss weight")
+    weight: float = Field(1.0, gt=0, le=1e6, description="this task's loss weight")
 
 
 class MultiTaskSpec(KindSection):
-    tasks: dict[str, TaskSpec] = Field(min_length=2, description="task name -> its data and loss weight")
+    tasks: dict[str, TaskSpec] = Field(min_length=2, max_length=100, description="task name -> its data and loss weight")
     sampling: Literal["proportional", "round_robin"] = Field(
         "proportional", description="proportional: every task's batches once per epoch, randomly interleaved; "
                                     "round_robin: tasks take turns, each as many steps as the largest")
@@ -25,8 +26,9 @@ class MultiTaskSpec(KindSection):
     @classmethod
     def _task_names(cls, v):
         for name in v:
-            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-                raise ValueError(f"task name {name!r} must be lowercase letters, digits, '_' (it names metrics)")
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
+                raise ValueError(f"task name {shown(name)} must be lowercase letters, digits, '_', at most 64 "
+                                 f"characters (it names metrics)")
         return v
 
     def supplies(self) -> frozenset[str]:

@@ -4,23 +4,31 @@ both set at dotted paths."""
 import copy
 from typing import Any
 
-import yaml
-
 from bigmodel_ray.errors import SpecError
+from bigmodel_ray.spec.messages import cut, shown
+from bigmodel_ray.spec.yaml_input import MAX_DEPTH, MAX_FILE_BYTES, BadYAML, load_yaml
+
+
+def _index(part: str) -> int | None:
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+    return int(part) if part.isascii() and part.isdigit() and len(part) <= 9 else None
 
 
 def set_path(raw: dict, dotted: str, value) -> None:
     """Set `value` at a dotted path in place; sections are created as needed, and a number
     indexes a list (`compress.methods.1.amount`). Raises KeyError naming the bad prefix."""
     node, parts = raw, dotted.split(".")
+    if len(parts) > MAX_DEPTH:
+        raise KeyError(f"{shown(dotted)}: more than {MAX_DEPTH} levels deep")
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise KeyError(f"{'.'.join(parts[:i])}: has {len(node)} entries; {part!r} is not one of them")
+            index = _index(part)
+            if index is None or index >= len(node):
+                raise KeyError(f"{'.'.join(parts[:i])}: has {len(node)} entries; {shown(part)} is not one of them")
             if last:
-                node[int(part)] = value
-            node = node[int(part)]
+                node[index] = value
+            node = node[index]
         elif isinstance(node, dict):
             if last:
                 node[part] = value
@@ -35,15 +43,17 @@ def apply_overrides(raw: dict, overrides, source) -> dict:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SpecError(f"--set {item}: expected KEY.PATH=VALUE")
+            raise SpecError(f"--set {cut(item)}: expected KEY.PATH=VALUE")
+        if len(value) > MAX_FILE_BYTES:
+            raise SpecError(f"--set {cut(item)}: value is longer than a job file may be ({MAX_FILE_BYTES:,} characters)")
         try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise SpecError(f"--set {item}: value is not valid YAML") from None
+            parsed = load_yaml(value)
+        except BadYAML as e:
+            raise SpecError(f"--set {cut(item)}: value is {e.what}") from None
         try:
             set_path(raw, key, parsed)
         except KeyError as e:
-            raise SpecError(f"{source}: {e.args[0]} (--set {item})") from None
+            raise SpecError(f"{source}: {e.args[0]} (--set {cut(item)})") from None
     return raw
 
 

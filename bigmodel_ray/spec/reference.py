@@ -26,7 +26,10 @@ _BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 def render() -> str:
     out = ["# Job spec reference", "",
            "Generated from the spec's models by `python -m bigmodel_ray.spec.reference`; do not edit by hand.",
-           "Unknown keys are errors. `--set KEY.PATH=VALUE` overrides any key (the value is read as YAML).", ""]
+           "Unknown keys are errors. `--set KEY.PATH=VALUE` overrides any key (the value is read as YAML).",
+           "Numbers must be finite and within the bounds shown; `model.args` must build the model (tried on "
+           "PyTorch's meta device for the input shape the data implies). A job file is at most 1 MB, "
+           "32 levels deep and 10,000 values with YAML aliases expanded.", ""]
     first = {}                     # model -> the key path it is described at
     for heading, model in _sections("", JobSpec):
         out += [f"## `{heading}`" if heading else "## the job", ""]
@@ -85,6 +88,8 @@ def _flatten(annotation) -> list:
 
 
 def _type(annotation, metadata=()) -> str:
+    if typing.get_origin(annotation) is typing.Annotated:       # e.g. a tuple's bounded items
+        return _type(typing.get_args(annotation)[0], (*metadata, *annotation.__metadata__))
     names = []
     for a in _flatten(annotation):
         origin, args = typing.get_origin(a), typing.get_args(a)
@@ -103,8 +108,17 @@ def _type(annotation, metadata=()) -> str:
         else:
             names.append(getattr(a, "__name__", str(a)))
     text = " \\| ".join(dict.fromkeys(names))
-    bounds = [f"{_BOUNDS[k]} {getattr(m, k)}" for m in metadata for k in _BOUNDS if getattr(m, k, None) is not None]
+    bounds = _bounds(metadata)
     return text + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _bounds(metadata) -> list[str]:
+    found = []
+    for m in metadata:
+        if isinstance(getattr(m, "metadata", None), list):      # a Field(...) inside Annotated
+            found += _bounds(m.metadata)
+        found += [f"{_BOUNDS[k]} {getattr(m, k)}" for k in _BOUNDS if getattr(m, k, None) is not None]
+    return found
 
 
 def _default(field) -> str:

@@ -10,11 +10,11 @@ classifier of the same architecture (text_lm -> text_transformer), started from 
 
 from pathlib import Path
 
-import yaml
-
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.models import CLASSIFIER_OF
 from bigmodel_ray.spec.job import SECTION_OF_KIND
+from bigmodel_ray.spec.messages import cut, shown
+from bigmodel_ray.spec.yaml_input import BadYAML, read_yaml
 
 
 def with_run_sections(raw: dict, source: str) -> dict:
@@ -27,11 +27,17 @@ def with_run_sections(raw: dict, source: str) -> dict:
     if not isinstance(run, str):
         return raw
     try:
-        run_raw = yaml.safe_load((Path(run).expanduser() / "spec.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        run_raw = read_yaml(Path(run).expanduser() / "spec.yaml")
+    except (OSError, RuntimeError):      # RuntimeError: ~user of no such user
         return raw        # not trained yet: the job validates, running it says what is missing
+    except BadYAML as e:
+        raise SpecError(f"{source}: {kind}.{given.key}: {cut(run)}/spec.yaml: {e}") from None
+    if not isinstance(run_raw, dict):
+        raise SpecError(f"{source}: {kind}.{given.key}: {cut(run)}/spec.yaml is not a job spec (a mapping of "
+                        f"sections); got {type(run_raw).__name__}")
     model = run_raw.get("model")
-    if given.fine_tunes and isinstance(model, dict) and model.get("name") in CLASSIFIER_OF:
+    if given.fine_tunes and isinstance(model, dict) and isinstance(model.get("name"), str) \
+            and model["name"] in CLASSIFIER_OF:
         model = {"name": CLASSIFIER_OF[model["name"]], "args": model.get("args") or {}}   # a language model's
     if "model" in raw and raw["model"] != model:
         raise SpecError(f"{source}: model: a {kind} job takes its {given.what}'s model; remove this section")
@@ -49,10 +55,14 @@ def with_run_sections(raw: dict, source: str) -> dict:
 def _run_data(run_raw: dict, task, source: str, field: str):
     if run_raw.get("kind") != "multitask":
         if task is not None:
-            raise SpecError(f"{source}: {field}_task: {task!r}: the run is a single classifier, not multitask")
+            raise SpecError(f"{source}: {field}_task: {shown(task)}: the run is a single classifier, not multitask")
         return run_raw.get("data")
-    tasks = ((run_raw.get("multitask") or {}).get("tasks") or {})
-    if task not in tasks:
-        which = "required" if task is None else f"{task!r} is not one"
-        raise SpecError(f"{source}: {field}_task: {which}: the run is multitask, with tasks {', '.join(tasks)}")
+    section = run_raw.get("multitask")
+    tasks = section.get("tasks") if isinstance(section, dict) else None
+    if not isinstance(tasks, dict) or not all(isinstance(t, dict) for t in tasks.values()):
+        raise SpecError(f"{source}: {field}: the run's spec.yaml has no multitask.tasks mapping of tasks")
+    if not isinstance(task, str) or task not in tasks:
+        which = "required" if task is None else f"{shown(task)} is not one"
+        names = ", ".join(cut(str(name)) for name in list(tasks)[:20])
+        raise SpecError(f"{source}: {field}_task: {which}: the run is multitask, with tasks {names}")
     return tasks[task].get("data")

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bigmodel_ray.spec.common import Section
+from bigmodel_ray.spec.common import MAX_CPUS, MAX_EPOCHS, Section, plain_data
+from bigmodel_ray.spec.messages import shown
 
 # Metrics a search may optimize, with their natural direction (what each kind's trials report:
 # spec/common.py EPOCH_METRICS, a compress trial's in spec/compress.py).
@@ -27,16 +28,16 @@ def objective_mode(name: str) -> str | None:
 class SchedulerSpec(Section):
     name: Literal["fifo", "asha", "pbt"] = Field("fifo", description="fifo: run every trial to the end; asha: stop "
                                                                       "bad trials early; pbt: exploit/explore checkpoints")
-    grace_period: int = Field(1, gt=0, description="asha: epochs every trial runs before it may be stopped")
-    reduction_factor: float = Field(3, gt=1, description="asha: 1 in this many trials goes on at each rung")
-    perturbation_interval: int = Field(2, gt=0, description="pbt: epochs between exploit/explore steps")
+    grace_period: int = Field(1, gt=0, le=MAX_EPOCHS, description="asha: epochs every trial runs before it may be stopped")
+    reduction_factor: float = Field(3, gt=1, le=1000, description="asha: 1 in this many trials goes on at each rung")
+    perturbation_interval: int = Field(2, gt=0, le=MAX_EPOCHS, description="pbt: epochs between exploit/explore steps")
     quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="pbt: bottom share that clones the top share")
     resample_probability: float = Field(0.25, ge=0, le=1, description="pbt: chance a value is redrawn, else scaled")
 
 
 class SearchSpec(Section):
     space: dict[str, Any] = Field(description="dotted spec path -> loguniform|uniform|randint(lo, hi), choice|grid([...])")
-    num_samples: int = Field(1, gt=0, description="trials drawn; with grid(...) values, drawn per grid point")
+    num_samples: int = Field(1, gt=0, le=100_000, description="trials drawn; with grid(...) values, drawn per grid point")
     metric: str | list[str] = Field("val_accuracy", description="one metric, or a list for multi-objective: "
                                                                 + " | ".join(OBJECTIVES))
     mode: Literal["min", "max"] | list[Literal["min", "max"]] | None = Field(
@@ -44,8 +45,13 @@ class SearchSpec(Section):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="a name, or a mapping with its settings")
     search_alg: Literal["random", "grid", "optuna"] = Field("random", description="optuna: TPE, NSGA-II when "
                                                                                     "multi-objective")
-    max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as the cluster's CPUs hold")
-    trial_cpus: float = Field(0.25, gt=0, description="CPU held by each trial's driver, besides its workers")
+    max_concurrent_trials: int | None = Field(None, gt=0, le=MAX_CPUS, description="default: as many as the cluster's CPUs hold")
+    trial_cpus: float = Field(0.25, gt=0, le=MAX_CPUS, description="CPU held by each trial's driver, besides its workers")
+
+    @field_validator("space")
+    @classmethod
+    def _plain_space(cls, v):
+        return plain_data(v)
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -60,7 +66,7 @@ class SearchSpec(Section):
             raise ValueError("must be one metric or a list of distinct metrics")
         for name in names:
             if objective_mode(name) is None:
-                raise ValueError(f"unknown metric {name!r}: one of {' | '.join(OBJECTIVES)}, latency_ms_bs<N>")
+                raise ValueError(f"unknown metric {shown(name)}: one of {' | '.join(OBJECTIVES)}, latency_ms_bs<N>")
         return v
 
     @model_validator(mode="after")

@@ -12,13 +12,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.spec.job import JobSpec
-from bigmodel_ray.spec.messages import one_line
+from bigmodel_ray.spec.messages import one_line, shown
 from bigmodel_ray.spec.overrides import apply
+from bigmodel_ray.spec.yaml_input import BadYAML, load_yaml
 
 _CALL = re.compile(r"^\s*(loguniform|uniform|randint|choice|grid)\s*\((.*)\)\s*$", re.S)
 
@@ -40,26 +40,28 @@ def parse_distribution(text: Any, where: str) -> Distribution:
     match = _CALL.match(text) if isinstance(text, str) else None
     if not match:
         raise SpecError(f"{where}: expected loguniform(lo, hi), uniform(lo, hi), randint(lo, hi), "
-                        f"choice([...]) or grid([...]) (got {text!r})")
+                        f"choice([...]) or grid([...]) (got {shown(text)})")
     kind, inner = match.groups()
     try:
-        args = yaml.safe_load(f"[{inner}]")
-    except yaml.YAMLError:
-        raise SpecError(f"{where}: arguments of {kind}(...) are not valid YAML (got {inner!r})") from None
+        args = load_yaml(f"[{inner}]")
+    except BadYAML as e:
+        raise SpecError(f"{where}: arguments of {kind}(...) are {e.what} (got {shown(inner)})") from None
+    if not isinstance(args, list):
+        raise SpecError(f"{where}: arguments of {kind}(...) are not a list of values (got {shown(inner)})")
     if kind in ("choice", "grid"):
         if len(args) != 1 or not isinstance(args[0], list) or not args[0]:
-            raise SpecError(f"{where}: {kind} takes one non-empty list of values (got {inner!r})")
+            raise SpecError(f"{where}: {kind} takes one non-empty list of values (got {shown(inner)})")
         return Distribution(kind, (tuple(args[0]),))
     args = [_number(a) for a in args]
     if len(args) != 2 or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
-        raise SpecError(f"{where}: {kind} takes two numbers, lo and hi (got {inner!r})")
+        raise SpecError(f"{where}: {kind} takes two numbers, lo and hi (got {shown(inner)})")
     lo, hi = args
     if not lo < hi:
-        raise SpecError(f"{where}: {kind} needs lo < hi (got {lo!r}, {hi!r})")
+        raise SpecError(f"{where}: {kind} needs lo < hi (got {shown(lo)}, {shown(hi)})")
     if kind == "loguniform" and lo <= 0:
-        raise SpecError(f"{where}: loguniform needs lo > 0 (got {lo!r})")
+        raise SpecError(f"{where}: loguniform needs lo > 0 (got {shown(lo)})")
     if kind == "randint" and not all(isinstance(a, int) for a in args):
-        raise SpecError(f"{where}: randint takes integers (got {inner!r})")
+        raise SpecError(f"{where}: randint takes integers (got {shown(inner)})")
     return Distribution(kind, (lo, hi))
 
 
@@ -116,6 +118,6 @@ def _check_value(raw_job: dict, path: str, value, where: str) -> None:
     try:
         JobSpec.model_validate(apply(raw_job, {path: value}))
     except ValidationError as e:
-        raise SpecError(f"{where}: value {value!r} is not valid here: {one_line(e)}") from None
+        raise SpecError(f"{where}: value {shown(value)} is not valid here: {one_line(e)}") from None
     except SpecError as e:          # the path runs through a value that is not a section
-        raise SpecError(f"{where}: value {value!r} is not valid here: {e}") from None
+        raise SpecError(f"{where}: value {shown(value)} is not valid here: {e}") from None

@@ -6,13 +6,14 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from bigmodel_ray.models import CLASSIFIER_OF, MODELS, model_arg_names
-from bigmodel_ray.spec.common import Section
+from bigmodel_ray.spec.common import MAX_BATCH, MAX_CPUS, MAX_EPOCHS, PathStr, Section, plain_data
+from bigmodel_ray.spec.messages import shown
 
 
 class ModelSpec(Section):
     name: str = Field(description="one of " + " | ".join(MODELS))
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model")
-    init_from: str | None = Field(None, description="start from weights you have: a local .safetensors file, or a "
+    init_from: PathStr | None = Field(None, description="start from weights you have: a local .safetensors file, or a "
                                                     "state dict / checkpoint saved by torch (loaded with "
                                                     "weights_only); a finished run folder (its final checkpoint, "
                                                     "e.g. a language model to fine-tune a classifier from)")
@@ -29,10 +30,11 @@ class ModelSpec(Section):
     @field_validator("args")
     @classmethod
     def _known_args(cls, v, info):
+        plain_data(v)
         name = info.data.get("name")
         unknown = sorted(set(v) - model_arg_names(name)) if name else []
         if unknown:
-            raise ValueError(f"unknown argument {unknown[0]!r} for model {name!r} "
+            raise ValueError(f"unknown argument {shown(unknown[0])} for model {name!r} "
                              f"(accepts {', '.join(sorted(model_arg_names(name)))})")
         return v
 
@@ -53,7 +55,7 @@ class OptimizerSpec(Section):
 
 class ScheduleSpec(Section):
     name: Literal["constant", "cosine"] = Field("constant", description="learning rate per optimizer step")
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup from 0, in epochs (fractions allowed)")
+    warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS, description="linear warmup from 0, in epochs (fractions allowed)")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine ends at lr * min_lr_ratio")
 
 
@@ -61,9 +63,9 @@ class TrainSpec(Section):
     task: Literal["classify", "lm"] = Field(
         "classify", description="classify: the label column's classes; lm: a causal language model of the text "
                                 "(next-token loss; reports perplexity and bits per character; model text_lm)")
-    epochs: int = Field(10, gt=0, description="passes over the training data")
-    batch_size: int = Field(64, gt=0, description="per worker and micro-step")
-    grad_accum: int = Field(1, gt=0, description="micro-steps per optimizer step")
+    epochs: int = Field(10, gt=0, le=MAX_EPOCHS, description="passes over the training data")
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH, description="per worker and micro-step")
+    grad_accum: int = Field(1, gt=0, le=MAX_BATCH, description="micro-steps per optimizer step")
     grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy's label smoothing")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
@@ -84,11 +86,11 @@ class TrainSpec(Section):
 
 
 class ResourcesSpec(Section):
-    workers: int = Field(2, gt=0, description="Ray Train workers (DDP ranks)")
-    cpus_per_worker: float = Field(1.0, gt=0, description="also the worker's torch thread count")
-    data_cpus: float = Field(1.0, gt=0, description="CPUs kept free for Ray Data's read/decode/augment tasks; "
+    workers: int = Field(2, gt=0, le=MAX_CPUS, description="Ray Train workers (DDP ranks)")
+    cpus_per_worker: float = Field(1.0, gt=0, le=MAX_CPUS, description="also the worker's torch thread count")
+    data_cpus: float = Field(1.0, gt=0, le=MAX_CPUS, description="CPUs kept free for Ray Data's read/decode/augment tasks; "
                                                      "the embedded Ray counts them on top of the trainers'")
-    data_memory_mb: int = Field(256, ge=64, description="object-store memory the data pipeline may fill ahead of "
+    data_memory_mb: int = Field(256, ge=64, le=1 << 20, description="object-store memory the data pipeline may fill ahead of "
                                                           "training; the embedded Ray's object store is 4x this")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: one GPU per worker when the cluster has GPUs")
 
@@ -101,10 +103,10 @@ class ResourcesSpec(Section):
 
 
 class CheckpointSpec(Section):
-    every: int = Field(1, gt=0, description="checkpoint every N epochs (and always after the last)")
-    keep: int = Field(2, gt=0, description="keep the K most recent checkpoints")
+    every: int = Field(1, gt=0, le=MAX_EPOCHS, description="checkpoint every N epochs (and always after the last)")
+    keep: int = Field(2, gt=0, le=MAX_EPOCHS, description="keep the K most recent checkpoints")
 
 
 class FailureSpec(Section):
-    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint; -1 = forever")
+    max_failures: int = Field(0, ge=-1, le=MAX_EPOCHS, description="worker-group restarts from the last checkpoint; -1 = forever")
 

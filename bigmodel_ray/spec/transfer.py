@@ -5,7 +5,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from bigmodel_ray.spec.common import KindSection, RunInput, Section
+from bigmodel_ray.spec.common import MAX_EPOCHS, KindSection, PathStr, RunInput, Section
 from bigmodel_ray.spec.data import DataSpec
 from bigmodel_ray.spec.train import ModelSpec, TrainSpec, classifier_counterpart
 
@@ -20,13 +20,13 @@ class SourceJob(Section):
 
 
 class DANNSpec(Section):
-    lambda_max: float = Field(1.0, gt=0, description="the adversarial weight's final value")
-    gamma: float = Field(10.0, gt=0, description="how fast lambda rises: 2 / (1 + exp(-gamma * progress)) - 1")
-    hidden: int = Field(64, gt=0, description="the domain classifier's hidden units")
+    lambda_max: float = Field(1.0, gt=0, le=1000, description="the adversarial weight's final value")
+    gamma: float = Field(10.0, gt=0, le=1000, description="how fast lambda rises: 2 / (1 + exp(-gamma * progress)) - 1")
+    hidden: int = Field(64, gt=0, le=1 << 16, description="the domain classifier's hidden units")
 
 
 class TransferSpec(KindSection):
-    source: Annotated[Annotated[str, Tag("run")] | Annotated[SourceJob, Tag("job")],
+    source: Annotated[Annotated[PathStr, Tag("run")] | Annotated[SourceJob, Tag("job")],
                       Discriminator(lambda v: "run" if isinstance(v, str) else "job")] = Field(
         description="a finished train run folder, or a train step {data, model, train} run first as <name>-source")
     source_task: str | None = Field(None, description="a multitask source run: the task whose classifier (the "
@@ -39,10 +39,10 @@ class TransferSpec(KindSection):
                                                               "gradual: one more stage from the top every "
                                                               "unfreeze_every epochs; dann: labelled source + "
                                                               "unlabelled target, domain-adversarial")
-    freeze_stages: int = Field(1, ge=0, description="freeze: stages frozen from the input side")
+    freeze_stages: int = Field(1, ge=0, le=1000, description="freeze: stages frozen from the input side")
     backbone_lr_factor: float = Field(0.1, gt=0, le=1, description="discriminative: the backbone's lr share")
-    unfreeze_every: int = Field(1, gt=0, description="gradual: epochs between unfreezing steps")
-    target_labels: int | None = Field(None, gt=0, description="labelled target training rows to use (few-shot "
+    unfreeze_every: int = Field(1, gt=0, le=MAX_EPOCHS, description="gradual: epochs between unfreezing steps")
+    target_labels: int | None = Field(None, gt=0, le=10**9, description="labelled target training rows to use (few-shot "
                                                                 "fine-tuning); default: all. dann uses none")
     dann: DANNSpec = Field(default_factory=DANNSpec,
                            description="dann: the adversarial weight's schedule and the domain classifier")
@@ -62,6 +62,11 @@ class TransferSpec(KindSection):
         if isinstance(self.source, SourceJob):      # an inline source: its model, its data as the source domain
             job.model = job.model or classifier_counterpart(self.source.model)
             self.source_data = self.source_data or self.source.data
+
+    def models(self, job) -> list[tuple[str, ModelSpec, DataSpec]]:
+        if isinstance(self.source, SourceJob):
+            return [("transfer.source.model", self.source.model, self.source.data)]
+        return []
 
     def data_sections(self) -> list[tuple[str, DataSpec]]:
         found = [("transfer.source_data", self.source_data)]

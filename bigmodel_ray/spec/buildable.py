@@ -1,0 +1,65 @@
+"""Whether a model can be built from its `model.args`, tried while the job is validated.
+
+The model is built on PyTorch's meta device (shapes only: no memory, milliseconds) for the
+inputs its data implies, so channels [-1], num_heads 0 or a patch larger than the image fail
+here, with the key named, instead of on the workers after Ray has started.
+"""
+
+import functools
+import json
+import warnings
+
+import torch
+
+from bigmodel_ray.models import build_model
+from bigmodel_ray.spec.messages import cut
+
+# Built-in sets' (input shape, classes), as bigmodel_ray.data.builtin loads them.
+BUILTIN_INPUTS = {"digits": ((1, 8, 8), 10), "mnist1d": ((1, 40), 10)}
+# Image files whose size is only known by reading one: a common size, large enough that no
+# patch or stride that fits real images is refused.
+NOMINAL_SIDE, NOMINAL_CLASSES = 224, 2
+# 400 GB of fp32 weights: a typo in a width, not a model this toolkit trains.
+MAX_PARAMS = 10**11
+# Reads a model folder (args.path) to build: checked when the run builds it.
+NOT_CHECKED = ("hf",)
+
+
+def implied_inputs(data) -> tuple[tuple[int, ...], int]:
+    """(input shape, classes) of a data section, nominal where only the data would tell."""
+    if data.text is not None:
+        return (data.text.max_length,), NOMINAL_CLASSES
+    if data.source in BUILTIN_INPUTS:
+        return BUILTIN_INPUTS[data.source]
+    channels = 1 if data.color_mode == "grayscale" else 3
+    if data.source == "synthetic":
+        return (channels, data.image_size, data.image_size), data.num_classes
+    if data.target_size:
+        return (channels, *data.target_size), NOMINAL_CLASSES
+    if data.image_format == "raw" and data.image_shape:
+        return (channels, *data.image_shape[:2]), NOMINAL_CLASSES
+    return (channels, NOMINAL_SIDE, NOMINAL_SIDE), NOMINAL_CLASSES
+
+
+def check_buildable(model, data) -> None:
+    """Raise ValueError saying why `model` (a ModelSpec) cannot be built for `data`'s inputs."""
+    if model.name in NOT_CHECKED:
+        return
+    shape, classes = implied_inputs(data)
+    problem = _problem(model.name, shape, classes, json.dumps(model.args, sort_keys=True))
+    if problem:
+        raise ValueError(problem)
+
+
+@functools.lru_cache(maxsize=512)        # a search checks the same model at every corner of its space
+def _problem(name: str, shape: tuple[int, ...], classes: int, args_json: str) -> str | None:
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")           # e.g. "initializing zero-element tensors"
+            net = build_model(name, shape, classes, **json.loads(args_json))
+    except Exception as e:          # whatever the model's own code raises, said in one line
+        return f"{name} cannot be built for inputs {list(shape)}: {cut(str(e) or type(e).__name__)}"
+    params = sum(p.numel() for p in net.parameters())
+    if params > MAX_PARAMS:
+        return f"{name} would have {params:,} parameters (at most {MAX_PARAMS:,})"
+    return None
