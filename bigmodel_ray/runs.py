@@ -66,7 +66,8 @@ def finished(run_dir: Path, epochs: int | None = None) -> bool:
         result = json.loads((run_dir / RESULT_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return bool(result.get("checkpoint")) and (epochs is None or result.get("epochs") == epochs)
+    trained = epochs is None or result.get("epochs") == epochs or result.get("stopped_early") is True
+    return bool(result.get("checkpoint")) and trained
 
 
 def result_checkpoint(run_dir: Path) -> Path:

@@ -27,13 +27,11 @@ from bigmodel_ray.train import launch
 from bigmodel_ray.train.init import load_fitting
 from bigmodel_ray.train.inputs import ModelInputs
 from bigmodel_ray.train.shards import EvalBatches
-from bigmodel_ray.train.state import load_classifier, read_state, save_state
+from bigmodel_ray.train.state import MODEL_DIR, load_classifier, read_state, save_state
 from bigmodel_ray.train.steps import evaluate
 from bigmodel_ray.transfer import report, strategies
 from bigmodel_ray.transfer.objectives import DANN, SOURCE_TEST, FineTune
 from bigmodel_ray.tune.trial import train_trial
-
-MODEL_DIR = "model"
 
 
 def source_spec(spec: JobSpec) -> JobSpec:
@@ -197,7 +195,6 @@ class Transfer:
         spec, job, source_only = plan(spec, source, say)
         summary = launch.execute(spec, source, job, run_dir, say, self.describe(spec, job))
         summary["source_only"] = source_only
-        summary["source_checkpoint"] = summary["checkpoint"]
         summary["checkpoint"] = str(save_classifier(summary["checkpoint"], run_dir / MODEL_DIR, spec.transfer.strategy))
         if "test_accuracy" in source_only:
             gain = summary["test_accuracy"] - source_only["test_accuracy"]

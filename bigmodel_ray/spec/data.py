@@ -105,8 +105,13 @@ class DataSpec(Section):
                                                                   "memory after the first pass; auto: built-in sets and reviews")
     normalize: NormalizeSpec | None = Field(None, description="per-channel mean/std after scaling to 0..1")
     augment: AugmentSpec | None = Field(None, description="random augmentation of the train split")
-    on_bad_record: Literal["fail", "skip"] = Field("fail", description="an undecodable image: stop naming it, "
-                                                                       "or drop it and report the count at the end")
+    on_bad_record: Literal["fail", "skip"] = Field("fail", description="a bad record (an image that does not decode "
+                                                                       "or is too large, a label outside the classes): "
+                                                                       "stop naming it, or drop it and report the "
+                                                                       "count at the end")
+    max_image_pixels: int = Field(64_000_000, gt=0, le=1 << 40, description="width x height read from an image's "
+                                                                             "header before decoding; larger images "
+                                                                             "are bad records")
     shift: ShiftSpec | None = Field(None, description="a shifted copy of the data (a target domain), any source")
     text: TextSpec | None = Field(None, description="text sources: the text columns and the tokenizer (reviews: "
                                                     "[Title, Review Text] by default)")

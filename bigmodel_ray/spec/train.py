@@ -1,7 +1,7 @@
 """The `model`, `train`, `resources`, `checkpoint` and `failure` sections: what is trained, how,
 and on what share of the cluster (bigmodel_ray.models, bigmodel_ray.train, Ray Train's configs)."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -59,6 +59,26 @@ class ScheduleSpec(Section):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine ends at lr * min_lr_ratio")
 
 
+MetricName = Annotated[str, Field(pattern=r"^val_\w{1,60}$")]
+
+
+class BestSpec(Section):
+    metric: MetricName | None = Field(None, description="a validation metric the run reports, e.g. val_f1, val_loss; "
+                                                        "default: val_accuracy if reported, else val_loss")
+    mode: Literal["max", "min"] | None = Field(None, description="default: min for losses, perplexity, bpc; else max")
+
+
+class EarlyStoppingSpec(Section):
+    metric: MetricName | None = Field(None, description="default: checkpoint.best's default (val_accuracy, else val_loss)")
+    mode: Literal["max", "min"] | None = Field(None, description="default: min for losses, perplexity, bpc; else max")
+    patience: int = Field(3, gt=0, le=MAX_EPOCHS, description="stop after this many epochs without an improvement")
+    min_delta: float = Field(0.0, ge=0, le=1e6, description="smaller changes do not count as improvements")
+
+
+class FailureSpec(Section):
+    max_failures: int = Field(0, ge=-1, le=MAX_EPOCHS, description="worker-group restarts from the last checkpoint; -1 = forever")
+
+
 class TrainSpec(Section):
     task: Literal["classify", "lm"] = Field(
         "classify", description="classify: the label column's classes; lm: a causal language model of the text "
@@ -83,6 +103,8 @@ class TrainSpec(Section):
                            "epoch 1's time (and again for each new batch shape); needs a C++ compiler on CPU")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="see below")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="see below")
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="end the run when a validation metric stops improving (a rerun remembers the count)")
 
 
 class ResourcesSpec(Section):
@@ -105,8 +127,8 @@ class ResourcesSpec(Section):
 class CheckpointSpec(Section):
     every: int = Field(1, gt=0, le=MAX_EPOCHS, description="checkpoint every N epochs (and always after the last)")
     keep: int = Field(2, gt=0, le=MAX_EPOCHS, description="keep the K most recent checkpoints")
-
-
-class FailureSpec(Section):
-    max_failures: int = Field(0, ge=-1, le=MAX_EPOCHS, description="worker-group restarts from the last checkpoint; -1 = forever")
-
+    best: BestSpec = Field(default_factory=BestSpec, description="which epoch is best (its weights are kept in every "
+                                                                 "checkpoint beside the last ones)")
+    evaluate: Literal["best", "last"] = Field(
+        "best", description="whose test metrics result.json reports and whose model the run leaves (run folder's "
+                            "model/): the best epoch's, or the last one's")

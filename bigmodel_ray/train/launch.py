@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from bigmodel_ray import runs
+from bigmodel_ray import curves, runs
 from bigmodel_ray.data import DataBundle, load_data
 from bigmodel_ray.data.images import bad_record_in
 from bigmodel_ray.data.pipeline import start_state
@@ -29,6 +29,7 @@ from bigmodel_ray.progress import EpochPrinter
 from bigmodel_ray.spec import DataSpec, JobSpec, dump
 from bigmodel_ray.train.init import init_from
 from bigmodel_ray.train.objectives import Classify
+from bigmodel_ray.train.state import MODEL_DIR, save_chosen
 from bigmodel_ray.train.worker import train_worker
 
 
@@ -229,7 +230,9 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say, what: str
         "epochs_this_run": result.return_value["epochs"] - result.return_value["resumed_from_epoch"],
         "final_val_accuracy": history[-1].get("val_accuracy") if history else None,
         "samples_per_s_median": _median([r["samples_per_s"] for r in history[1:] or history]),
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        # The model the run leaves (export, predict, transfer, compress read it): the chosen epoch's.
+        "checkpoint": str(save_chosen(result.checkpoint.path, run_dir / MODEL_DIR)) if result.checkpoint else None,
+        "last_checkpoint": result.checkpoint.path if result.checkpoint else None,
         "run_dir": str(run_dir), "workers": spec.resources.workers, "use_gpu": job.use_gpu, "params": job.params,
     }
     if job.state is not None:
@@ -238,6 +241,9 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say, what: str
             say(f"{spec.name}: skipped {summary['skipped_records']} bad records (data.on_bad_record: skip), "
                 f"e.g. {'; '.join(examples)}")
     summary |= job.data.reference          # e.g. gzip's bits per character on the same test text
+    if summary["stopped_early"]:
+        say(f"{spec.name}: stopped early after epoch {summary['epochs']} (train.early_stopping)")
+    curves.plot(history, summary.get("best"), run_dir / curves.FILE)
     runs.write_result(run_dir, summary)
     shown = "  ".join(f"{k} {summary[k]:.4f}" for k in HEADLINE if k in summary)
     say(f"{spec.name}: {shown}  ({summary['epochs']} epochs, {summary['epochs_this_run']} this run, "

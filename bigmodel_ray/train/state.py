@@ -29,6 +29,7 @@ from bigmodel_ray.models import FROM_FOLDER, build_model, classifier_path
 from bigmodel_ray.spec.train import ModelSpec
 
 STATE_FILE = "state.pt"
+MODEL_DIR = "model"        # in a run folder: the model the run leaves (train/selection.py)
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _LOAD = StateDictOptions(full_state_dict=True)
 
@@ -58,8 +59,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def gather_state(model, optimizer, scheduler, scaler, epoch: int, meta: dict) -> dict | None:
-    """Collective: every rank calls it; rank 0 gets the full state, other ranks None."""
+def gather_state(model, optimizer, scheduler, scaler, epoch: int, meta: dict, **more) -> dict | None:
+    """Collective: every rank calls it; rank 0 gets the full state (and `more`), other ranks None."""
     full = {
         "model": get_model_state_dict(model, options=_FULL),
         "optimizer": get_optimizer_state_dict(model, optimizer, options=_FULL),
@@ -71,11 +72,26 @@ def gather_state(model, optimizer, scheduler, scaler, epoch: int, meta: dict) ->
     if _distributed() and dist.get_rank() != 0:
         return None
     return {**full, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-            "epoch": epoch, "rng": rngs, "meta": meta}
+            "epoch": epoch, "rng": rngs, "meta": meta, **more}
 
 
 def save_state(state: dict, directory: str | Path) -> None:
     torch.save(state, Path(directory) / STATE_FILE)
+
+
+def save_chosen(checkpoint: str | Path, folder: Path) -> Path:
+    """The model a run leaves in `folder`: the chosen epoch's weights (the best, kept in the final
+    checkpoint beside the last ones; else the last) with the model's description. Loadable by
+    everything that reads a checkpoint; resuming uses Ray's own checkpoints, not this."""
+    state = read_state(checkpoint)
+    best = state.get("best") or {}
+    chosen = {"model": best.get("model") or state["model"], "meta": state["meta"],
+              "epoch": best.get("epoch") if best.get("model") else state["epoch"]}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (STATE_FILE + ".tmp")
+    torch.save(chosen, tmp)
+    tmp.replace(folder / STATE_FILE)         # a crash never leaves half a model where a whole one was
+    return folder
 
 
 def read_state(directory: str | Path) -> dict:

@@ -27,6 +27,7 @@ from bigmodel_ray.train.compute import prepare_compute
 from bigmodel_ray.train.inputs import ModelInputs
 from bigmodel_ray.train.objectives import Classify
 from bigmodel_ray.train.optim import apply_hyperparameters, build_optimizer, build_scheduler
+from bigmodel_ray.train.selection import Best, Patience
 from bigmodel_ray.train.shards import EvalBatches, TrainBatches
 from bigmodel_ray.train.state import gather_state, read_state, restore_state, save_state
 from bigmodel_ray.train.steps import evaluate, train_epoch
@@ -124,6 +125,12 @@ def train_worker(config: dict) -> dict:
     scheduler = build_scheduler(optimizer, t, config["steps_per_epoch"])
     scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
 
+    chosen = getattr(spec.checkpoint, "best", None)
+    best = Best(chosen and chosen.metric, chosen and chosen.mode,
+                keep_weights=getattr(spec.checkpoint, "evaluate", "best") == "best")
+    stopping = getattr(t, "early_stopping", None)
+    patience = stopping and Patience(stopping.metric, stopping.mode, stopping.patience, stopping.min_delta)
+
     epochs_done = 0
     # The run's own checkpoint (resume, restart after a failure), else one handed over: a sweep's
     # trial continuing after an interruption, or a PBT trial cloning a better one.
@@ -132,7 +139,12 @@ def train_worker(config: dict) -> dict:
         checkpoint = ray.train.Checkpoint(config["init_checkpoint"])
     if checkpoint:
         with checkpoint.as_directory() as d:
-            epochs_done = restore_state(read_state(d), model, optimizer, scheduler, scaler, rank)
+            state = read_state(d)
+        epochs_done = restore_state(state, model, optimizer, scheduler, scaler, rank)
+        best.restore(state.get("best"))
+        if patience:
+            patience.restore(state.get("patience"))
+        del state
         apply_hyperparameters(optimizer, scheduler, t)
     else:
         torch.manual_seed(spec.seed * 1_000_003 + rank)  # per-rank dropout streams
@@ -157,8 +169,16 @@ def train_worker(config: dict) -> dict:
 
     meta = {"model": spec.model.model_dump(), "input_shape": list(input_shape), "num_classes": num_classes,
             "kind": spec.kind}
-    test = None
-    for epoch in range(epochs_done, t.epochs):
+    def evaluate_test(current_epoch: int) -> dict:
+        """The test metrics of the chosen epoch's weights (best unless checkpoint.evaluate: last)."""
+        tested = best.load_into(model, current_epoch)
+        return {**objective.evaluate(run_eval, inner, "test"), "test_epoch": tested}
+
+    test, trained = None, epochs_done
+    # A run that stopped early and is run again has nothing left to train.
+    stopped = bool(patience and patience.exhausted(epochs_done))
+    for epoch in range(epochs_done, epochs_done if stopped else t.epochs):
+        trained = epoch + 1
         if pipeline_state is not None:     # before asking for the epoch's data: its tasks read it
             ray.get(pipeline_state.set_epoch.remote(epoch))
         start = time.perf_counter()
@@ -174,13 +194,18 @@ def train_worker(config: dict) -> dict:
             "samples_per_s": train["samples"] * world / train_s, "train_s": train_s,
             "epoch_s": time.perf_counter() - start, "params": config.get("params"),
         }
-        last = epoch + 1 == t.epochs
+        best.update(model, row)
+        stopped = bool(patience and patience.update(row))
+        last = epoch + 1 == t.epochs or stopped
+        save = (epoch + 1) % spec.checkpoint.every == 0 or last
+        # The last epoch's state is taken before the best weights are swapped in to test them:
+        # a resumed run continues from where training was, not from the best epoch.
+        state = gather_state(model, optimizer, scheduler, scaler, epoch + 1, meta,
+                             best=best.state(), patience=patience and patience.state()) if save else None
         if last:
-            test = objective.evaluate(run_eval, inner, "test")
+            test = evaluate_test(epoch + 1)
             row.update(_without_counts(test))
         log.append(row)
-        save = (epoch + 1) % spec.checkpoint.every == 0 or last
-        state = gather_state(model, optimizer, scheduler, scaler, epoch + 1, meta) if save else None
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if state is not None:
@@ -188,9 +213,12 @@ def train_worker(config: dict) -> dict:
                 (Path(tmp) / REPORT_FILE).write_text(json.dumps(row))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(row, checkpoint=checkpoint)
+        if stopped:
+            break
 
-    test = test or objective.evaluate(run_eval, inner, "test")
-    return {**test, "epochs": t.epochs, "resumed_from_epoch": epochs_done,
+    test = test or evaluate_test(trained)
+    return {**test, "epochs": trained, "resumed_from_epoch": epochs_done, "stopped_early": stopped,
+            "best": {k: v for k, v in (best.state() or {}).items() if k != "model"} or None,
             "rank_param_checksums": _rank_checksums(model, t.strategy, world),
             "rank_nodes": _gather(ray.get_runtime_context().get_node_id(), world)}
 

@@ -1,0 +1,73 @@
+"""The chosen epoch (best by a validation metric) and early stopping, in the loop and on resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bigmodel_ray import kinds
+from bigmodel_ray.spec import load_job
+from bigmodel_ray.train.selection import Patience, Tracker, default_metric
+from bigmodel_ray.train.state import read_state
+
+
+def rows(metric: str, values) -> list[dict]:
+    return [{"epoch": i + 1, metric: v} for i, v in enumerate(values)]
+
+
+def test_tracker_follows_the_direction_and_ignores_nan():
+    up, down = Tracker("val_accuracy", "max"), Tracker("val_loss", "min")
+    for row in rows("val_accuracy", [0.5, 0.7, float("nan"), 0.6, 0.7]):
+        up.update(row)
+    for row in rows("val_loss", [1.0, 0.8, 0.9, 0.8]):
+        down.update(row)
+    assert (up.epoch, up.value) == (2, 0.7) and (down.epoch, down.value) == (2, 0.8)   # ties keep the first
+
+
+def test_patience_counts_epochs_without_a_big_enough_gain():
+    p = Patience("val_accuracy", None, patience=2, min_delta=0.05)
+    stops = [p.update(row) for row in rows("val_accuracy", [0.5, 0.53, 0.54, 0.56])]
+    assert stops == [False, False, True, False]      # 0.53, 0.54 are within 0.05 of 0.5; 0.56 is not
+    again = Patience("val_accuracy", None, patience=2, min_delta=0.05)
+    again.restore(p.state())
+    assert not again.exhausted(5) and again.exhausted(6)
+
+
+def test_default_metric_prefers_accuracy_then_loss():
+    assert default_metric({"val_accuracy": 1, "val_loss": 1}) == ("val_accuracy", "max")
+    assert default_metric({"val_loss": 1, "val_perplexity": 3}) == ("val_loss", "min")
+    assert default_metric({"val_rotated_accuracy": 1, "val_loss": 1}) == ("val_rotated_accuracy", "max")
+
+
+def test_best_epoch_is_tested_kept_and_remembered_when_stopping_early(ray_cluster, tiny_job):
+    """A run reports the test metrics of its best epoch and leaves that model; early stopping
+    ends it; a rerun remembers how long the metric has not improved."""
+    # min_delta 1.0: no epoch after the first ever counts as an improvement for patience.
+    stopping = {"patience": 10, "min_delta": 1.0}
+    job = tiny_job("select", train={"epochs": 3, "early_stopping": stopping})
+    first = kinds.run(load_job(job), str(job), say=lambda _: None)
+    run_dir = Path(first["run_dir"])
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    best_epoch = max(history, key=lambda r: r["val_accuracy"])["epoch"]
+    assert first["best"]["epoch"] == best_epoch == first["test_epoch"] and not first["stopped_early"]
+    assert read_state(first["checkpoint"])["epoch"] == best_epoch         # the model the run leaves
+    assert read_state(first["last_checkpoint"])["epoch"] == 3             # what a rerun continues from
+    assert (run_dir / "curves.png").stat().st_size > 0
+
+    # Rerun for up to 8 epochs with patience 3: patience counts from epoch 1 (remembered from
+    # the checkpoint), so the run stops after epoch 4 — it would go on to 7 if it forgot.
+    job = tiny_job("select", train={"epochs": 8, "early_stopping": {**stopping, "patience": 3}})
+    second = kinds.run(load_job(job), str(job), say=lambda _: None)
+    assert second["stopped_early"] and second["epochs"] == 4 and second["resumed_from_epoch"] == 3
+
+    # Run again: nothing left to train, the same result.
+    third = kinds.run(load_job(job), str(job), say=lambda _: None)
+    assert third["epochs"] == 4 and third["epochs_this_run"] == 0
+    assert third["test_accuracy"] == pytest.approx(second["test_accuracy"], abs=1e-12)
+
+
+def test_evaluate_last_tests_the_last_epoch(ray_cluster, tiny_job):
+    job = tiny_job("last", train={"epochs": 2}, checkpoint={"evaluate": "last", "best": {"metric": "val_loss"}})
+    result = kinds.run(load_job(job), str(job), say=lambda _: None)
+    assert result["test_epoch"] == 2 and result["best"]["metric"] == "val_loss" and result["best"]["mode"] == "min"
+    assert read_state(result["checkpoint"])["epoch"] == 2
