@@ -12,6 +12,7 @@ ran to an end (0 SUCCEEDED, 1 failed run, 2 bad input), 3 when it was STOPPED.
 import asyncio
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -116,7 +117,21 @@ def follow(address: str, submission_id: str, out=None) -> int:
     elif seen not in full:
         out.write(full)
     out.flush()
-    return exit_code(jobs, submission_id, status)
+    code = exit_code(jobs, submission_id, status)
+    if code and (missing := missing_project(full)):
+        print(f"error: {submission_id}: {missing}", file=sys.stderr)
+        return 2
+    return code
+
+
+def missing_project(log: str) -> str | None:
+    """The one line to say when the cluster's Python could not import this package: the nodes
+    run `ray start` from a Python (or venv) where it is not installed."""
+    if not re.search(r"No module named '?bigmodel_ray\b", log):
+        return None
+    return ("the cluster's Python has no bigmodel_ray: install it where the nodes' `ray start` runs "
+            "(e.g. `pip install -e .` in that venv on every node, or in the cluster file's setup_commands), "
+            "or ship it with the job: --working-dir . (this checkout) or --pip bigmodel-ray")
 
 
 def _wait_terminal(jobs, submission_id: str, poll_s: float = 0.5):

@@ -7,7 +7,7 @@ import pytest
 
 from bigmodel_ray import kinds
 from bigmodel_ray.spec import load_job
-from bigmodel_ray.train.selection import Patience, Tracker, default_metric
+from bigmodel_ray.train.selection import Best, Patience, Tracker, default_metric
 from bigmodel_ray.train.state import read_state
 
 
@@ -66,8 +66,26 @@ def test_best_epoch_is_tested_kept_and_remembered_when_stopping_early(ray_cluste
     assert third["test_accuracy"] == pytest.approx(second["test_accuracy"], abs=1e-12)
 
 
-def test_evaluate_last_tests_the_last_epoch(ray_cluster, tiny_job):
-    job = tiny_job("last", train={"epochs": 2}, checkpoint={"evaluate": "last", "best": {"metric": "val_loss"}})
+def test_evaluate_last_keeps_no_weights_and_tests_the_last_epoch():
+    import torch.nn as nn
+
+    best = Best(None, None, keep_weights=False)
+    model = nn.Linear(2, 2)
+    for row in rows("val_accuracy", [0.9, 0.5]):
+        best.update(model, row)
+    assert best.tracker.epoch == 1 and best.chosen_epoch(2) == 2 and best.load_into(model, 2) == 2
+
+
+def test_a_best_epoch_before_the_last_is_swapped_in_on_every_rank(ray_cluster, tiny_job):
+    # "Best" by the highest validation loss: the first epoch, so the final test runs on weights
+    # broadcast from rank 0's copy, and the last epoch's test is reported beside it.
+    job = tiny_job("worst", train={"epochs": 2}, checkpoint={"best": {"metric": "val_loss", "mode": "max"}})
     result = kinds.run(load_job(job), str(job), say=lambda _: None)
-    assert result["test_epoch"] == 2 and result["best"]["metric"] == "val_loss" and result["best"]["mode"] == "min"
-    assert read_state(result["checkpoint"])["epoch"] == 2
+    history = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    worst = max(history, key=lambda r: r["val_loss"])["epoch"]
+    assert worst == 1 and result["test_epoch"] == 1 and result["best"] == {
+        "metric": "val_loss", "mode": "max", "min_delta": 0.0, "epoch": 1, "value": history[0]["val_loss"]}
+    assert read_state(result["checkpoint"])["epoch"] == 1
+    assert result["last_epoch_test_accuracy"] == history[-1]["last_epoch_test_accuracy"]
+    assert result["last_epoch_test_accuracy"] != result["test_accuracy"]
+    assert result["rank_param_checksums"][0] == pytest.approx(result["rank_param_checksums"][1], rel=1e-12)

@@ -62,3 +62,18 @@ def test_a_bad_job_is_rejected_before_submission(tmp_path, capsys):
     job.write_text("data: {source: mnist1d}\nmodel: {name: mlp}\ntrain: {epochs: 0}\n")
     assert main(["submit", str(job), "--address", "http://127.0.0.1:9"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {job}: train.epochs: must be > 0 (got 0)"
+
+
+def test_a_cluster_python_without_the_package_is_named_in_one_line():
+    import subprocess
+    import sys
+
+    from bigmodel_ray.submit import missing_project
+
+    # What a node's Python prints when the package is not installed there (-S: no site-packages).
+    failed = subprocess.run([sys.executable, "-S", "-m", "bigmodel_ray.cli", "run", "job.yaml"],
+                            capture_output=True, text=True, timeout=60, cwd="/")
+    assert failed.returncode != 0
+    line = missing_project(failed.stdout + failed.stderr)
+    assert line is not None and "--working-dir" in line and "\n" not in line
+    assert missing_project("Traceback ...\nModuleNotFoundError: No module named 'torchvision'") is None

@@ -87,10 +87,16 @@ class Best:
             self.tracker = Tracker(saved["metric"], saved["mode"], 0.0, saved["epoch"], saved["value"])
             self.weights = saved.get("model")
 
+    def chosen_epoch(self, current_epoch: int) -> int:
+        """The epoch whose weights `load_into` puts in the model. Every rank decides alike: their
+        trackers agree, and so does `weights is None`."""
+        if self.tracker is None or self.weights is None or self.tracker.epoch == 0:
+            return current_epoch
+        return self.tracker.epoch
+
     def load_into(self, model, current_epoch: int) -> int:
-        """Put the best epoch's weights into `model` (every rank); returns the epoch whose weights
-        the model now holds. Every rank decides alike: trackers and `weights is None` agree."""
-        if self.tracker is None or self.weights is None or self.tracker.epoch in (0, current_epoch):
+        """Put the chosen epoch's weights into `model` (every rank); returns that epoch."""
+        if self.chosen_epoch(current_epoch) == current_epoch:
             return current_epoch
         if torch.distributed.is_initialized():
             set_model_state_dict(model, self.weights, options=_SCATTER)

@@ -170,9 +170,14 @@ def train_worker(config: dict) -> dict:
     meta = {"model": spec.model.model_dump(), "input_shape": list(input_shape), "num_classes": num_classes,
             "kind": spec.kind}
     def evaluate_test(current_epoch: int) -> dict:
-        """The test metrics of the chosen epoch's weights (best unless checkpoint.evaluate: last)."""
+        """The test metrics of the chosen epoch's weights (best unless checkpoint.evaluate: last);
+        when that is not the last epoch, the last one's too (`last_epoch_test_*`), to compare."""
+        if best.chosen_epoch(current_epoch) == current_epoch:
+            return {**objective.evaluate(run_eval, inner, "test"), "test_epoch": current_epoch}
+        last = _without_counts(objective.evaluate(run_eval, inner, "test"))
         tested = best.load_into(model, current_epoch)
-        return {**objective.evaluate(run_eval, inner, "test"), "test_epoch": tested}
+        return {**objective.evaluate(run_eval, inner, "test"), "test_epoch": tested,
+                **{f"last_epoch_{k}": v for k, v in last.items()}}
 
     test, trained = None, epochs_done
     # A run that stopped early and is run again has nothing left to train.
