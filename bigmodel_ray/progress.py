@@ -23,9 +23,10 @@ def format_epoch(row: dict, epochs: int) -> str:
 
 
 class EpochPrinter:
-    def __init__(self, metrics_path: Path, epochs: int, first_epoch: int, stream=None):
+    def __init__(self, metrics_path: Path, epochs: int, first_epoch: int, stream=None, on_epoch=None):
+        """`on_epoch(row)` also sees every new epoch's row (e.g. tracking.py sends it on)."""
         stream = stream or sys.stdout
-        self.path, self.epochs, self.stream = metrics_path, epochs, stream
+        self.path, self.epochs, self.stream, self.on_epoch = metrics_path, epochs, stream, on_epoch
         self.seen = first_epoch
         self._stop = threading.Event()
         self._bar = (tqdm(total=epochs, initial=first_epoch, unit="epoch", file=stream, leave=False, dynamic_ncols=True)
@@ -66,3 +67,5 @@ class EpochPrinter:
                 self._bar.update(row["epoch"] - self._bar.n)
             else:
                 print(text, file=self.stream, flush=True)
+            if self.on_epoch is not None:
+                self.on_epoch(row)

@@ -13,6 +13,8 @@ import yaml
 from bigmodel_ray.errors import SpecError
 
 RESULT_FILE, SPEC_FILE, METRICS_FILE = "result.json", "spec.yaml", "metrics.jsonl"
+# Sections that change where results are also sent, never what a run computes: not compared on resume.
+NOT_COMPARED = frozenset({"tracking"})
 
 
 def run_dir_of(spec, source: str) -> Path:
@@ -28,7 +30,7 @@ def check_same_job(run_dir: Path, spec, source: str, keys=("model", "data", "see
         return
     old = yaml.safe_load(old_file.read_text()) or {}
     new = spec.model_dump(mode="json")
-    for key in keys:
+    for key in (k for k in keys if k not in NOT_COMPARED):
         if _with_defaults(old.get(key), getattr(spec, key)) != new[key]:
             raise SpecError(f"{source}: {key}: differs from the {what} in {run_dir} that this job would resume; "
                             f"use another name (--set name=...)")

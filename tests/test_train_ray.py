@@ -117,7 +117,8 @@ def test_model_arguments_the_model_rejects_exit_2(tiny_job, capsys, tmp_path):
     job = tiny_job("heads", model={"name": "transformer", "args": {"embed_dim": 30, "num_heads": 4}})
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {job}: model.args: embed_dim (30) must be divisible by num_heads (4)\n"
+    assert err == (f"error: {job}: model.args: transformer cannot be built for inputs [1, 40]: "
+                   f"embed_dim (30) must be divisible by num_heads (4)\n")
     assert not (tmp_path / "runs" / "heads").exists()
 
 

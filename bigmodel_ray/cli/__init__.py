@@ -125,10 +125,11 @@ def _data_command(args) -> None:
 
 
 def _run_command(args) -> None:
-    from bigmodel_ray import kinds, runtime
+    from bigmodel_ray import kinds, runtime, tracking
     from bigmodel_ray.spec import dump, load_job
 
     spec = load_job(args.job, args.overrides)
+    tracking.check_ready(spec, args.job)        # a missing package is said now, not after Ray started
     if args.command == "validate":
         print(dump(spec), end="")
         return

@@ -18,6 +18,7 @@ from bigmodel_ray.spec.space import distributions
 from bigmodel_ray.tune import results
 from bigmodel_ray.tune.progress import SweepProgress
 from bigmodel_ray.tune.space import to_tune, trial_count, trial_values, tune_space
+from bigmodel_ray.tune.tracking import open_sweep
 from bigmodel_ray.tune.trial import TRAIN_RUNS, Trial, checkpoints_by_age
 
 
@@ -75,7 +76,8 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
                                name=spec.name, storage_path=str(sweep_dir.parent), verbose=0,
                                callbacks=[SweepProgress(search.metrics[0], search.modes[0], epochs)],
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
-    tuner.fit()
+    with open_sweep(spec, raw_job, sweep_dir, say) as tracker:      # a no-op without a `tracking` section
+        tuner.fit()
 
     records = results.collect(sweep_dir, epochs)
     summary = {"name": spec.name, **results.write(sweep_dir, records, raw_job, search)}
@@ -83,6 +85,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     if not unfinished:
         summary.update(kind.finish_sweep(prepared, sweep_dir, records, say))
     runs.write_result(sweep_dir, summary)
+    tracker.finish(summary, records)
     results.print_table(results.table(records, search.metrics), search, say)
     if unfinished:          # Ctrl-C: Tune stopped the trials and saved the sweep
         raise KeyboardInterrupt

@@ -9,6 +9,7 @@ schema sits in the module of its owner here, and maps to one package of the libr
   transfer.py   `transfer`    -> bigmodel_ray.transfer        (kind transfer)
   multitask.py  `multitask`   -> bigmodel_ray.transfer        (kind multitask)
   search.py     `search`      -> bigmodel_ray.tune            (any kind: a sweep of the job)
+  tracking.py   `tracking`    -> bigmodel_ray.tracking        (any kind that trains: TensorBoard, MLflow)
   job.py        the job itself: kinds, which sections each needs
 Reading a job: load.py (YAML, --set via overrides.py, validation), yaml_input.py (YAML read
 within bounds: size, depth, aliases), runs.py (a teacher or source run folder's model and data),

@@ -82,7 +82,7 @@ def parse_space(space: Any, raw_job: dict, source: str) -> dict[str, Distributio
     parsed = {}
     for path, text in space.items():
         where = f"{source}: search.space.{path}"
-        if path.split(".")[0] in ("name", "storage", "search", "kind", "resources"):
+        if path.split(".")[0] in ("name", "storage", "search", "kind", "resources", "tracking"):
             # resources: every trial reserves the same CPUs/GPUs, which sizes the sweep's concurrency
             raise SpecError(f"{where}: cannot be searched")
         dist = parse_distribution(text, where)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from bigmodel_ray import curves, runs
+from bigmodel_ray import curves, runs, tracking
 from bigmodel_ray.data import DataBundle, load_data
 from bigmodel_ray.data.images import bad_record_in
 from bigmodel_ray.data.pipeline import start_state
@@ -213,9 +213,10 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say, what: str
     if done_before:
         say(f"{spec.name}: resuming from the last checkpoint in {run_dir} ({done_before} epochs logged)")
 
+    tracker = tracking.open_run(spec, run_dir, say)      # does nothing without a `tracking` section
     trainer = make_trainer(spec, job, name=spec.name, storage_path=str(run_dir.parent), run_dir=str(run_dir))
     start = time.perf_counter()
-    with EpochPrinter(run_dir / runs.METRICS_FILE, spec.train.epochs, done_before):
+    with tracker, EpochPrinter(run_dir / runs.METRICS_FILE, spec.train.epochs, done_before, on_epoch=tracker.epoch):
         try:
             result = fit(trainer)
         # RayError: e.g. the run's controller died before it started (not a TrainingFailedError)
@@ -245,6 +246,7 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say, what: str
         say(f"{spec.name}: stopped early after epoch {summary['epochs']} (train.early_stopping)")
     curves.plot(history, summary.get("best"), run_dir / curves.FILE)
     runs.write_result(run_dir, summary)
+    tracker.finish(summary, run_dir)
     shown = "  ".join(f"{k} {summary[k]:.4f}" for k in HEADLINE if k in summary)
     say(f"{spec.name}: {shown}  ({summary['epochs']} epochs, {summary['epochs_this_run']} this run, "
         f"{wall_s:.1f}s) -> {run_dir}")

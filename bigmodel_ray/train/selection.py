@@ -101,7 +101,7 @@ class Best:
         if torch.distributed.is_initialized():
             set_model_state_dict(model, self.weights, options=_SCATTER)
         else:
-            model.load_state_dict(self.weights)
+            _plain(model).load_state_dict(self.weights)
         return self.tracker.epoch
 
 
@@ -109,7 +109,11 @@ def _full_weights(model) -> dict:
     """The model's full weights on CPU: on rank 0 (other ranks get an empty dict), a collective."""
     if torch.distributed.is_initialized():
         return get_model_state_dict(model, options=_GATHER)
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in _plain(model).state_dict().items()}
+
+
+def _plain(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 class Patience:
