@@ -39,6 +39,7 @@ def test_default_metric_prefers_accuracy_then_loss():
     assert default_metric({"val_rotated_accuracy": 1, "val_loss": 1}) == ("val_rotated_accuracy", "max")
 
 
+@pytest.mark.slow      # three runs of a few epochs: minutes on 2 cores
 def test_best_epoch_is_tested_kept_and_remembered_when_stopping_early(ray_cluster, tiny_job):
     """A run reports the test metrics of its best epoch and leaves that model; early stopping
     ends it; a rerun remembers how long the metric has not improved."""

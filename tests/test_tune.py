@@ -79,6 +79,7 @@ def test_grid_search_covers_the_grid_exactly_once(ray_cluster, tiny_job):
     assert (trials["status"] == "finished").all() and summary["epochs_trained"] == 4
 
 
+@pytest.mark.slow
 def test_multi_objective_returns_the_non_dominated_set(ray_cluster, tiny_job):
     job = tiny_job("pareto", resources=SWEEP_RESOURCES, train={"epochs": 1, "batch_size": 256}, search={
         "space": {"train.optimizer.lr": "loguniform(1e-3, 3e-2)",

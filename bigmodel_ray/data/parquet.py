@@ -18,8 +18,11 @@ from bigmodel_ray.data.sources import (
     SPLITS,
     DataError,
     Source,
+    column_splits,
     first_usable,
     probe_image,
+    rows_of_split,
+    split_counts,
     split_shares,
 )
 
@@ -29,7 +32,11 @@ def open_parquet(spec) -> Source:
     import ray.data
 
     layout = parquet_layout(spec.path)
-    n_files, rows, label_parts = {}, {}, []
+    by_column = getattr(spec, "split_column", None)
+    if by_column and set(layout) != {"all"}:
+        raise DataError("split_column", f"{spec.path} has split folders ({', '.join(layout)}/); a split column "
+                                        f"splits files that have none")
+    n_files, rows, label_parts, counts = {}, {}, [], {}
     info = _read_info(spec.path)
     for name, paths in layout.items():
         where = paths if isinstance(paths, str) else paths[0]
@@ -42,6 +49,8 @@ def open_parquet(spec) -> Source:
             raise DataError("path", f"cannot read parquet at {where}: {first_line(e)}") from None
         _check_columns(table_meta.schema, spec, where)
         n_files[name], rows[name] = len(table_meta.files), read_files(table_meta, lambda d: d.count_rows(), where, spec)
+        if by_column:
+            counts = read_files(table_meta, lambda d, w=where: split_counts(d, by_column, w), where, spec)
         if info is None:     # class count from the labels (one narrow column read)
             label_parts.append(read_files(table_meta, lambda d: d.to_table(columns=[spec.label_column]).column(0),
                                           where, spec))
@@ -52,7 +61,8 @@ def open_parquet(spec) -> Source:
             datasets[name] = ray.data.from_items([])
             continue
         ds = _read_parquet(paths, n_files[name], shuffle_seed=spec.split_seed if name != "test" else None)
-        datasets[name] = ds.select_columns([spec.image_column, spec.label_column, "path", "row_hash"])
+        datasets[name] = ds.select_columns([spec.image_column, spec.label_column, "path", "row_hash"]
+                                           + [by_column] * bool(by_column))
     if info is not None:
         num_classes, class_names = len(info["classes"]), info["classes"]
     else:
@@ -61,7 +71,13 @@ def open_parquet(spec) -> Source:
         num_classes, class_names = max(int(pc.max(part).as_py() or 0) for part in label_parts) + 1, None
     source = Source("encoded" if spec.image_format == "encoded" else "raw", datasets, rows, num_classes,
                     first_image=first_image, class_names=class_names)
-    if set(layout) == {"all"}:       # no split folders: split rows by the hash of their key
+    if by_column:                    # the files' own split names, val carved from train if absent
+        values, shares, source.rows = column_splits(spec, counts)
+        source.splits = {name: datasets["all"].map_batches(rows_of_split, fn_kwargs={"column": by_column, "values": v},
+                                                           batch_format="pyarrow", batch_size=None)
+                         for name, v in values.items()}
+        source.hash_split = {name: share for name, share in shares.items() if share is not None}
+    elif set(layout) == {"all"}:     # no split folders: split rows by the hash of their key
         source.hash_split = split_shares(spec)
         total = rows.pop("all")
         source.splits = {name: datasets["all"] for name in SPLITS}

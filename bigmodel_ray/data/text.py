@@ -32,7 +32,7 @@ from bigmodel_ray.data.images import BadRecord
 from bigmodel_ray.data.labels import class_id
 from bigmodel_ray.data.parquet import read_files
 from bigmodel_ray.data.pipeline import in_split
-from bigmodel_ray.data.sources import SPLITS, DataError, split_shares
+from bigmodel_ray.data.sources import SPLITS, DataError, column_splits, rows_of_split, split_counts, split_shares
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]     # ids 0..4, in this order
 PAD_ID, CLS_ID = 0, 2
@@ -68,32 +68,34 @@ def load_text(spec, state=None, task: str = "classify") -> DataBundle:
     columns = list(spec.text.columns)
     label = spec.label_column if task != "lm" else None
     classes, rows = _labels_and_rows(path, columns, label)
-    shares = split_shares(spec)
-    tokenizer_json = tokenizer_for(spec, path, shares["train"])
+    splits = text_splits(spec, path, rows["total"])
+    tokenizer_json = tokenizer_for(spec, path, splits["train"])
     base = dict(columns=tuple(columns), label_column=label, classes=classes,
                 tokenizer_json=tokenizer_json, max_length=spec.text.max_length, split_seed=spec.split_seed,
                 skip_bad=spec.on_bad_record == "skip", num_classes=rows["max_label"] + 1 if label and classes is None else None)
     datasets = {}
     for name in SPLITS:
-        t = TextTransform(keep_share=shares[name], **base)
-        datasets[name] = _read(path, columns + [label] * (label is not None)).map_batches(
+        t = TextTransform(keep_share=splits[name].share, **base)
+        datasets[name] = _read_split(path, columns + [label] * (label is not None), splits[name], spec.split_column).map_batches(
             tokenize_batch, fn_kwargs={"t": t, "state": state}, batch_format="numpy", batch_size=None)
     if label is None:     # the "classes" of a language model are its vocabulary
-        num_classes, reference = _loaded(tokenizer_json).get_vocab_size(), held_out_gzip(path, base, shares["test"])
+        num_classes = _loaded(tokenizer_json).get_vocab_size()
+        reference = held_out_gzip(path, base, splits["test"], spec.split_column)
     else:
         num_classes, reference = len(classes) if classes is not None else rows["max_label"] + 1, {}
-    return DataBundle(datasets=datasets, rows={name: round(rows["total"] * (hi - lo)) for name, (lo, hi) in shares.items()},
+    return DataBundle(datasets=datasets, rows={name: split.rows for name, split in splits.items()},
                       input_shape=(spec.text.max_length,), num_classes=num_classes,
                       class_names=list(classes) if classes is not None else None, has_tasks=True,
                       device_augment=None, artifacts={TOKENIZER_FILE: tokenizer_json}, reference=reference)
 
 
-def held_out_gzip(path: str, base: dict, test_share: tuple[float, float]) -> dict[str, float]:
+def held_out_gzip(path: str, base: dict, test: "SplitRows", split_column: str | None) -> dict[str, float]:
     """gzip -9's bits per character on the test split's text, as much of each row as its kept
     tokens cover (what a language model of the run is scored on), rows in one stream."""
-    t = TextTransform(keep_share=test_share, **base)
+    t = TextTransform(keep_share=test.share, **base)
     tokenizer, kept = _loaded(t.tokenizer_json), []
-    for batch in _read(path, list(t.columns)).iter_batches(batch_size=READ_ROWS, batch_format="numpy"):
+    for batch in _read_split(path, list(t.columns), test, split_column).iter_batches(batch_size=READ_ROWS,
+                                                                                    batch_format="numpy"):
         texts = [text for text in _texts(batch, t)[0] if text]
         kept += [text[:_covered(e)] for text, e in zip(texts, tokenizer.encode_batch(texts))]
     chars = sum(map(len, kept))
@@ -104,6 +106,32 @@ def held_out_gzip(path: str, base: dict, test_share: tuple[float, float]) -> dic
 def _covered(encoding) -> int:
     """Characters of the text that an encoding's tokens cover (all of it unless truncated)."""
     return max((end for _, end in encoding.offsets), default=0)
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """The stored rows a split reads: those whose split column names one of `values` (None: every
+    row), then those whose key hashes into `share`; `rows` of them (estimated for hash splits)."""
+    values: tuple[str, ...] | None
+    share: tuple[float, float]
+    rows: int
+
+
+def text_splits(spec, path: str, total: int) -> dict[str, SplitRows]:
+    if spec.split_column is None:
+        return {name: SplitRows(None, (lo, hi), round(total * (hi - lo))) for name, (lo, hi) in split_shares(spec).items()}
+    import pyarrow.dataset as pads
+
+    counts = read_files(pads.dataset(path, format="parquet"), lambda d: split_counts(d, spec.split_column, path), path)
+    values, shares, rows = column_splits(spec, counts)
+    return {name: SplitRows(values[name], shares[name] or (0.0, 1.0), rows[name]) for name in SPLITS}
+
+
+def _read_split(path: str, columns: list[str], split: SplitRows, split_column: str | None):
+    if split.values is None:
+        return _read(path, columns)
+    return _read(path, columns + [split_column]).map_batches(
+        rows_of_split, fn_kwargs={"column": split_column, "values": split.values}, batch_format="pyarrow", batch_size=None)
 
 
 def _read(path: str, columns: list[str]):
@@ -141,7 +169,7 @@ def _labels_and_rows(path: str, columns: list[str], label_column: str | None):
     return tuple(sorted(v for v in pc.unique(labels).to_pylist() if v is not None)), rows
 
 
-def tokenizer_for(spec, path: str, train_share: tuple[float, float]) -> str:
+def tokenizer_for(spec, path: str, train: "SplitRows") -> str:
     """The tokenizer trained on the train split's text (as JSON), from the cache when it was trained before."""
     from pathlib import Path
 
@@ -151,15 +179,15 @@ def tokenizer_for(spec, path: str, train_share: tuple[float, float]) -> str:
     stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(_files(Path(path)))]
     # Not the labels: a classifier and a language model of the same text share one tokenizer.
     key = json.dumps([stamp, t.model_dump(mode="json"), spec.split_seed, spec.val_fraction,
-                      spec.test_fraction], sort_keys=True)
+                      spec.test_fraction] + [spec.split_column] * bool(spec.split_column), sort_keys=True)
     cached = cache_dir() / "tokenizers" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if cached.exists():
         return cached.read_text()
     tokenizer = new_tokenizer(t.tokenizer, t.lowercase, t.max_length)
     trainer = _trainer(t.tokenizer, t.vocab_size)
     probe = TextTransform(columns=tuple(t.columns), label_column=None, classes=None, tokenizer_json="",
-                          max_length=t.max_length, split_seed=spec.split_seed, keep_share=train_share, skip_bad=True)
-    texts = (text for batch in _read(path, list(t.columns)).iter_batches(
+                          max_length=t.max_length, split_seed=spec.split_seed, keep_share=train.share, skip_bad=True)
+    texts = (text for batch in _read_split(path, list(t.columns), train, spec.split_column).iter_batches(
         batch_size=READ_ROWS, batch_format="numpy") for text in _texts(batch, probe)[0] if text)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     cached.parent.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,10 @@ class DataSpec(Section):
     image_column: str = Field("image", description="parquet: column of encoded (PNG/JPEG) bytes or raw pixels")
     label_column: str = Field("label", description="parquet: integer class column; text: integer or string classes "
                                                    "(class names sorted)")
+    split_column: str | None = Field(None, max_length=200, description=(
+        "parquet, text: a column naming each row's split (train / val / test; also training, valid, validation, "
+        "dev, testing; any case) instead of a split by row hash; without val rows, val is carved from train "
+        "(val_fraction)"))
     image_format: Literal["encoded", "raw"] = Field("encoded", description="parquet: how images are stored")
     image_shape: tuple[Side, Side, Literal[1, 3]] | None = Field(
         None, description="parquet raw: [height, width, channels] (uint8)")
@@ -145,6 +149,8 @@ class DataSpec(Section):
         for key in ("augment", "shift", "normalize"):
             if self.text is not None and getattr(self, key) is not None:
                 raise ValueError(f"{key}: for images and series, not text")
+        if self.split_column is not None and self.source not in ("parquet", "text"):
+            raise ValueError(f"split_column: for sources parquet and text (source is {self.source})")
         if self.image_format == "raw" and self.image_shape is None:
             raise ValueError("image_shape: required when image_format is raw ([height, width, channels])")
         if self.source == "mnist1d" and self.augment is not None:
