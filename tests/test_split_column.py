@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bigmodel_ray.data.sources import DataError, column_splits
+from bigmodel_ray.data.sources import DataError
+from bigmodel_ray.data.splits import column_splits
 from bigmodel_ray.spec import DataSpec
 
 

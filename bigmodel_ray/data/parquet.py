@@ -18,13 +18,11 @@ from bigmodel_ray.data.sources import (
     SPLITS,
     DataError,
     Source,
-    column_splits,
     first_usable,
     probe_image,
-    rows_of_split,
-    split_counts,
     split_shares,
 )
+from bigmodel_ray.data.splits import column_splits, rows_of_split, split_counts
 
 
 def open_parquet(spec) -> Source:

@@ -32,7 +32,8 @@ from bigmodel_ray.data.images import BadRecord
 from bigmodel_ray.data.labels import class_id
 from bigmodel_ray.data.parquet import read_files
 from bigmodel_ray.data.pipeline import in_split
-from bigmodel_ray.data.sources import SPLITS, DataError, column_splits, rows_of_split, split_counts, split_shares
+from bigmodel_ray.data.sources import SPLITS, DataError
+from bigmodel_ray.data.splits import SplitRows, rows_of_split, split_counts, text_splits
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]     # ids 0..4, in this order
 PAD_ID, CLS_ID = 0, 2
@@ -68,7 +69,12 @@ def load_text(spec, state=None, task: str = "classify") -> DataBundle:
     columns = list(spec.text.columns)
     label = spec.label_column if task != "lm" else None
     classes, rows = _labels_and_rows(path, columns, label)
-    splits = text_splits(spec, path, rows["total"])
+    counts = None
+    if spec.split_column:
+        import pyarrow.dataset as pads
+
+        counts = read_files(pads.dataset(path, format="parquet"), lambda d: split_counts(d, spec.split_column, path), path)
+    splits = text_splits(spec, rows["total"], counts)
     tokenizer_json = tokenizer_for(spec, path, splits["train"])
     base = dict(columns=tuple(columns), label_column=label, classes=classes,
                 tokenizer_json=tokenizer_json, max_length=spec.text.max_length, split_seed=spec.split_seed,
@@ -89,7 +95,7 @@ def load_text(spec, state=None, task: str = "classify") -> DataBundle:
                       device_augment=None, artifacts={TOKENIZER_FILE: tokenizer_json}, reference=reference)
 
 
-def held_out_gzip(path: str, base: dict, test: "SplitRows", split_column: str | None) -> dict[str, float]:
+def held_out_gzip(path: str, base: dict, test: SplitRows, split_column: str | None) -> dict[str, float]:
     """gzip -9's bits per character on the test split's text, as much of each row as its kept
     tokens cover (what a language model of the run is scored on), rows in one stream."""
     t = TextTransform(keep_share=test.share, **base)
@@ -106,25 +112,6 @@ def held_out_gzip(path: str, base: dict, test: "SplitRows", split_column: str | 
 def _covered(encoding) -> int:
     """Characters of the text that an encoding's tokens cover (all of it unless truncated)."""
     return max((end for _, end in encoding.offsets), default=0)
-
-
-@dataclass(frozen=True)
-class SplitRows:
-    """The stored rows a split reads: those whose split column names one of `values` (None: every
-    row), then those whose key hashes into `share`; `rows` of them (estimated for hash splits)."""
-    values: tuple[str, ...] | None
-    share: tuple[float, float]
-    rows: int
-
-
-def text_splits(spec, path: str, total: int) -> dict[str, SplitRows]:
-    if spec.split_column is None:
-        return {name: SplitRows(None, (lo, hi), round(total * (hi - lo))) for name, (lo, hi) in split_shares(spec).items()}
-    import pyarrow.dataset as pads
-
-    counts = read_files(pads.dataset(path, format="parquet"), lambda d: split_counts(d, spec.split_column, path), path)
-    values, shares, rows = column_splits(spec, counts)
-    return {name: SplitRows(values[name], shares[name] or (0.0, 1.0), rows[name]) for name in SPLITS}
 
 
 def _read_split(path: str, columns: list[str], split: SplitRows, split_column: str | None):
@@ -169,7 +156,7 @@ def _labels_and_rows(path: str, columns: list[str], label_column: str | None):
     return tuple(sorted(v for v in pc.unique(labels).to_pylist() if v is not None)), rows
 
 
-def tokenizer_for(spec, path: str, train: "SplitRows") -> str:
+def tokenizer_for(spec, path: str, train: SplitRows) -> str:
     """The tokenizer trained on the train split's text (as JSON), from the cache when it was trained before."""
     from pathlib import Path
 
