@@ -1,4 +1,4 @@
-"""`bigmodel-ray` command line: run jobs here or on a Ray cluster; prepare and inspect data.
+"""`bigmodel-ray` command line: run jobs here or on a Ray cluster; prepare data; export, predict, generate.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, no traceback);
 `submit --follow` / `logs --follow` mirror the cluster job's (3 when it was stopped).

@@ -63,13 +63,15 @@ def open_run(folder: Path) -> TrainedRun:
             tokenizer = (folder / TOKENIZER_FILE).read_text()
         except OSError as e:
             raise SpecError(f"{folder / TOKENIZER_FILE}: the run's tokenizer cannot be read ({e.strerror})") from None
+    kept = meta.get("class_names")           # recorded by training; older runs: found from the data
+    names = kept if isinstance(kept, list) and len(kept) == meta["num_classes"] else class_names(data, meta["num_classes"])
     return TrainedRun(folder, checkpoint, data, tuple(meta["input_shape"]), meta["num_classes"],
-                      class_names(data, meta["num_classes"]), tokenizer)
+                      [str(n) for n in names] if names else None, tokenizer)
 
 
 def class_names(data, num_classes: int) -> list[str] | None:
-    """The names training gave the classes, found again from the run's data (the run folder does
-    not record them): an image folder's sorted class folders, a parquet folder's dataset.json, a
+    """The names training gave the classes, found again from the run's data (for runs whose
+    checkpoint does not record them): an image folder's sorted class folders, a parquet folder's dataset.json, a
     text source's sorted string labels. None where the data is gone or gives another count."""
     try:
         names = _names(data)

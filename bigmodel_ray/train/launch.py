@@ -160,6 +160,7 @@ def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, run
                            "micro_batches": plan.micro_batches, "dataset_names": list(plan.data.datasets),
                            "objective": objective, "pipeline_state": plan.state,
                            "device_augment": plan.data.device_augment, "params": plan.params,
+                           "class_names": plan.data.class_names,
                            "init_checkpoint": init_checkpoint, **plan.extra, **(extra or {})},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),

@@ -168,7 +168,7 @@ def train_worker(config: dict) -> dict:
         return config.get("num_classes_of", {}).get(name, num_classes)
 
     meta = {"model": spec.model.model_dump(), "input_shape": list(input_shape), "num_classes": num_classes,
-            "kind": spec.kind}
+            "kind": spec.kind, "class_names": config.get("class_names")}
     def evaluate_test(current_epoch: int) -> dict:
         """The test metrics of the chosen epoch's weights (best unless checkpoint.evaluate: last);
         when that is not the last epoch, the last one's too (`last_epoch_test_*`), to compare."""
