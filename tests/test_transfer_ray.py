@@ -96,6 +96,7 @@ def test_transfer_sweep_writes_the_cross_domain_matrix(source_run, tmp_path):
     assert summary["matrix"][0]["source_test_accuracy"] > 0.9
 
 
+@pytest.mark.slow      # three seeds of DANN and source-only
 def test_dann_beats_source_only_on_a_designed_shift_over_seeds(ray_cluster, tmp_path):
     """Digits zoomed out to 70 %: the source MLP is near chance there; DANN, with no target
     labels, must beat it on every seed (measured margins: +39 to +51 points)."""

@@ -38,6 +38,7 @@ def trial_history(sweep_dir: Path, trial_id: str) -> pd.DataFrame:
     return read_history(history_file(sweep_dir, trial_id))
 
 
+@pytest.mark.slow      # a 16-trial sweep: minutes on 2 cores
 def test_asha_stops_bad_trials_and_the_best_matches_its_history(ray_cluster, tiny_job):
     job = tiny_job("asha", resources=SWEEP_RESOURCES, train={"epochs": 4, "batch_size": 128}, search={
         "space": {"train.optimizer.lr": "loguniform(1e-4, 3e-2)", "model.args.channels": "choice([[4, 8], [8, 16]])"},

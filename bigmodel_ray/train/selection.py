@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 # Every rank's full weights gathered to rank 0 (CPU); rank 0's broadcast back to every rank.
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -106,10 +107,18 @@ class Best:
 
 
 def _full_weights(model) -> dict:
-    """The model's full weights on CPU: on rank 0 (other ranks get an empty dict), a collective."""
+    """The model's full weights on CPU: on rank 0 (other ranks get an empty dict), a collective.
+    Keys as the bare model names them: seen once in a full test session, the gathered state kept
+    DDP's `module.` prefix, which no model loads."""
     if torch.distributed.is_initialized():
-        return get_model_state_dict(model, options=_GATHER)
-    return {k: v.detach().to("cpu", copy=True) for k, v in _plain(model).state_dict().items()}
+        weights = get_model_state_dict(model, options=_GATHER)
+    else:
+        weights = _plain(model).state_dict()
+    # A copy: on CPU, "offloading" returns the live tensors themselves, which training goes on
+    # changing (the "best" weights would silently become the last ones).
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+    consume_prefix_in_state_dict_if_present(weights, "module.")
+    return weights
 
 
 def _plain(model):

@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.models import FROM_FOLDER, build_model, classifier_path
@@ -85,7 +86,9 @@ def save_chosen(checkpoint: str | Path, folder: Path) -> Path:
     everything that reads a checkpoint; resuming uses Ray's own checkpoints, not this."""
     state = read_state(checkpoint)
     best = state.get("best") or {}
-    chosen = {"model": best.get("model") or state["model"], "meta": state["meta"],
+    weights = dict(best.get("model") or state["model"])
+    consume_prefix_in_state_dict_if_present(weights, "module.")      # as the bare model names them
+    chosen = {"model": weights, "meta": state["meta"],
               "epoch": best.get("epoch") if best.get("model") else state["epoch"]}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / (STATE_FILE + ".tmp")
