@@ -13,13 +13,14 @@ resumed or restarted after a failure remembers its best epoch and its patience e
 import math
 from dataclasses import asdict, dataclass
 
-import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-# Every rank's full weights gathered to rank 0 (CPU); rank 0's broadcast back to every rank.
-_GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
-_SCATTER = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+# Full weights on every rank (FSDP2's shards gathered), and loaded back the way a resumed run loads
+# its checkpoint on every rank. (Broadcasting rank 0's copy instead left FSDP2's DTensors
+# mixed with plain tensors on load.)
+_GATHER = StateDictOptions(full_state_dict=True)
+_SCATTER = StateDictOptions(full_state_dict=True)
 
 
 @dataclass
@@ -61,13 +62,13 @@ def default_metric(row: dict) -> tuple[str, str] | tuple[None, None]:
 
 
 class Best:
-    """The best epoch by `metric` and its weights (on rank 0; every rank calls every method)."""
+    """The best epoch by `metric` and its weights (on every rank; every rank calls every method)."""
 
     def __init__(self, metric: str | None, mode: str | None, keep_weights: bool):
         self.metric, self.mode = metric, mode
         self.tracker: Tracker | None = None
         self.keep_weights = keep_weights
-        self.weights: dict | None = None         # rank 0's copy of the best epoch's full weights
+        self.weights: dict | None = None         # the best epoch's full weights
 
     def update(self, model, row: dict) -> None:
         if self.tracker is None:
@@ -99,30 +100,21 @@ class Best:
         """Put the chosen epoch's weights into `model` (every rank); returns that epoch."""
         if self.chosen_epoch(current_epoch) == current_epoch:
             return current_epoch
-        if torch.distributed.is_initialized():
-            set_model_state_dict(model, self.weights, options=_SCATTER)
-        else:
-            _plain(model).load_state_dict(self.weights)
+        set_model_state_dict(model, self.weights, options=_SCATTER)     # as a resumed run loads its state
         return self.tracker.epoch
 
 
 def _full_weights(model) -> dict:
-    """The model's full weights on CPU: on rank 0 (other ranks get an empty dict), a collective.
+    """The model's full weights, copied to CPU on every rank (a collective).
     Keys as the bare model names them: seen once in a full test session, the gathered state kept
     DDP's `module.` prefix, which no model loads."""
-    if torch.distributed.is_initialized():
-        weights = get_model_state_dict(model, options=_GATHER)
-    else:
-        weights = _plain(model).state_dict()
+    weights = get_model_state_dict(model, options=_GATHER)          # as a checkpoint gathers it
     # A copy: on CPU, "offloading" returns the live tensors themselves, which training goes on
     # changing (the "best" weights would silently become the last ones).
     weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
     consume_prefix_in_state_dict_if_present(weights, "module.")
     return weights
 
-
-def _plain(model):
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 class Patience:
