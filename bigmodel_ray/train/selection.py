@@ -16,11 +16,9 @@ from dataclasses import asdict, dataclass
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-# Full weights on every rank (FSDP2's shards gathered), and loaded back the way a resumed run loads
-# its checkpoint on every rank. (Broadcasting rank 0's copy instead left FSDP2's DTensors
-# mixed with plain tensors on load.)
-_GATHER = StateDictOptions(full_state_dict=True)
-_SCATTER = StateDictOptions(full_state_dict=True)
+# Full weights on every rank (FSDP2's shards gathered), gathered and loaded back the way a
+# checkpoint is written and a resumed run loads it.
+_FULL_STATE = StateDictOptions(full_state_dict=True)
 
 
 @dataclass
@@ -100,15 +98,14 @@ class Best:
         """Put the chosen epoch's weights into `model` (every rank); returns that epoch."""
         if self.chosen_epoch(current_epoch) == current_epoch:
             return current_epoch
-        set_model_state_dict(model, self.weights, options=_SCATTER)     # as a resumed run loads its state
+        set_model_state_dict(model, self.weights, options=_FULL_STATE)     # as a resumed run loads its state
         return self.tracker.epoch
 
 
 def _full_weights(model) -> dict:
     """The model's full weights, copied to CPU on every rank (a collective).
-    Keys as the bare model names them: seen once in a full test session, the gathered state kept
-    DDP's `module.` prefix, which no model loads."""
-    weights = get_model_state_dict(model, options=_GATHER)          # as a checkpoint gathers it
+    Keys as the bare model names them (never DDP's `module.` prefix, which no model loads)."""
+    weights = get_model_state_dict(model, options=_FULL_STATE)          # as a checkpoint gathers it
     # A copy: on CPU, "offloading" returns the live tensors themselves, which training goes on
     # changing (the "best" weights would silently become the last ones).
     weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
