@@ -86,7 +86,31 @@ def test_a_best_epoch_before_the_last_is_swapped_in_on_every_rank(ray_cluster, t
     worst = max(history, key=lambda r: r["val_loss"])["epoch"]
     assert worst == 1 and result["test_epoch"] == 1 and result["best"] == {
         "metric": "val_loss", "mode": "max", "min_delta": 0.0, "epoch": 1, "value": history[0]["val_loss"]}
-    assert read_state(result["checkpoint"])["epoch"] == 1
+    chosen = read_state(result["checkpoint"])
+    assert chosen["epoch"] == 1 and not any(k.startswith("module.") for k in chosen["model"])
     assert result["last_epoch_test_loss"] == history[-1]["last_epoch_test_loss"]
     assert result["last_epoch_test_loss"] != result["test_loss"]          # other weights (accuracies may tie)
     assert result["rank_param_checksums"][0] == pytest.approx(result["rank_param_checksums"][1], rel=1e-12)
+
+
+def test_swapping_the_best_weights_into_a_ddp_model_leaves_the_kept_copy_as_it_was(tmp_path):
+    import torch
+    import torch.distributed as dist
+    import torch.nn as nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(nn.Linear(2, 2))
+        best = Best("val_accuracy", "max", keep_weights=True)
+        best.update(model, {"epoch": 1, "val_accuracy": 0.9})
+        kept = {k: v.clone() for k, v in best.weights.items()}
+        with torch.no_grad():
+            model.module.weight.add_(1.0)
+        best.update(model, {"epoch": 2, "val_accuracy": 0.5})
+        for _ in range(2):      # twice: the kept copy is saved in checkpoints and loaded again
+            assert best.load_into(model, 2) == 1
+            assert sorted(best.weights) == ["bias", "weight"]
+            assert torch.equal(model.module.weight, kept["weight"])
+    finally:
+        dist.destroy_process_group()

@@ -98,7 +98,9 @@ class Best:
         """Put the chosen epoch's weights into `model` (every rank); returns that epoch."""
         if self.chosen_epoch(current_epoch) == current_epoch:
             return current_epoch
-        set_model_state_dict(model, self.weights, options=_FULL_STATE)     # as a resumed run loads its state
+        # A shallow copy: the call renames the dict's keys in place (DDP's `module.` prefix added),
+        # and these weights are still saved in the checkpoint and loaded again later.
+        set_model_state_dict(model, dict(self.weights), options=_FULL_STATE)   # as a resumed run loads its state
         return self.tracker.epoch
 
 
