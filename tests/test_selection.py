@@ -93,24 +93,46 @@ def test_a_best_epoch_before_the_last_is_swapped_in_on_every_rank(ray_cluster, t
     assert result["rank_param_checksums"][0] == pytest.approx(result["rank_param_checksums"][1], rel=1e-12)
 
 
-def test_swapping_the_best_weights_into_a_ddp_model_leaves_the_kept_copy_as_it_was(tmp_path):
+
+def _swap_worker(rank: int, world: int, strategy: str, init_file: str, out: str):
     import torch
     import torch.distributed as dist
     import torch.nn as nn
-    from torch.nn.parallel import DistributedDataParallel
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
-    try:
-        model = DistributedDataParallel(nn.Linear(2, 2))
-        best = Best("val_accuracy", "max", keep_weights=True)
-        best.update(model, {"epoch": 1, "val_accuracy": 0.9})
-        kept = {k: v.clone() for k, v in best.weights.items()}
-        with torch.no_grad():
-            model.module.weight.add_(1.0)
-        best.update(model, {"epoch": 2, "val_accuracy": 0.5})
-        for _ in range(2):      # twice: the kept copy is saved in checkpoints and loaded again
-            assert best.load_into(model, 2) == 1
-            assert sorted(best.weights) == ["bias", "weight"]
-            assert torch.equal(model.module.weight, kept["weight"])
-    finally:
-        dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        fully_shard(model[0])
+        model = fully_shard(model)
+    else:
+        model = nn.parallel.DistributedDataParallel(model)
+    best = Best("val_accuracy", "max", keep_weights=True)
+    best.update(model, {"epoch": 1, "val_accuracy": 0.9})
+    kept = {k: v.clone() for k, v in best.weights.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model(torch.randn(2, 4))        # FSDP2 keeps the root's parameters gathered after this
+    best.update(model, {"epoch": 2, "val_accuracy": 0.5})
+    for _ in range(2):                  # twice: the kept copy is saved in checkpoints and loaded again
+        assert best.load_into(model, 2) == 1
+    assert sorted(best.weights) == sorted(kept)
+    loaded = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+    torch.save({"kept": kept, "loaded": loaded}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_the_best_weights_are_swapped_into_a_wrapped_model_and_the_kept_copy_stays(strategy, tmp_path):
+    import torch
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "state")
+    mp.spawn(_swap_worker, args=(2, strategy, str(tmp_path / "init"), out), nprocs=2)
+    for rank in range(2):
+        saved = torch.load(f"{out}.{rank}", weights_only=True)
+        loaded = {k.removeprefix("module."): v for k, v in saved["loaded"].items()}
+        assert loaded.keys() == saved["kept"].keys()
+        assert all(torch.equal(loaded[k], saved["kept"][k]) for k in loaded)

@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 # Full weights on every rank (FSDP2's shards gathered), gathered and loaded back the way a
@@ -98,6 +99,11 @@ class Best:
         """Put the chosen epoch's weights into `model` (every rank); returns that epoch."""
         if self.chosen_epoch(current_epoch) == current_epoch:
             return current_epoch
+        # FSDP2 leaves the root's parameters gathered after a forward (the last evaluation):
+        # loading needs them sharded again, as they are when a resumed run loads its state.
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
         # A shallow copy: the call renames the dict's keys in place (DDP's `module.` prefix added),
         # and these weights are still saved in the checkpoint and loaded again later.
         set_model_state_dict(model, dict(self.weights), options=_FULL_STATE)   # as a resumed run loads its state
