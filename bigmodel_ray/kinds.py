@@ -65,5 +65,11 @@ def runner(spec):
 
 
 def run(spec, source: str, say=print) -> dict:
-    """Run a validated job here (Ray must be up): one run of its kind, or a sweep of it."""
-    return runner(spec).run(spec, source, say)
+    """Run a validated job here (Ray must be up): one run of its kind, or a sweep of it. A run in
+    object storage then has all its files sent there, finished or not (runs.py, storage.py)."""
+    from bigmodel_ray import runs
+
+    try:
+        return runner(spec).run(spec, source, say)
+    finally:
+        runs.folder_of(spec).push()

@@ -11,16 +11,27 @@ from pathlib import Path
 import yaml
 
 from bigmodel_ray.errors import SpecError
+from bigmodel_ray.storage import RunFolder, run_folder
 
 RESULT_FILE, SPEC_FILE, METRICS_FILE = "result.json", "spec.yaml", "metrics.jsonl"
 # Sections that change where results are also sent, never what a run computes: not compared on resume.
 NOT_COMPARED = frozenset({"tracking"})
 
 
+def folder_of(spec) -> RunFolder:
+    """Where the job's run lives (storage.py): its local folder, or its mirror and URI."""
+    return run_folder(spec.storage, spec.name, spec.storage_options)
+
+
 def run_dir_of(spec, source: str) -> Path:
-    if "://" in spec.storage:
-        raise SpecError(f"{source}: storage: remote storage ({spec.storage}) is not supported yet")
-    return Path(spec.storage).expanduser().resolve() / spec.name
+    """The job's run folder to work in: for a run in object storage, its local mirror, made a
+    copy of what is stored (so a run resumes on any machine)."""
+    folder = folder_of(spec)
+    try:
+        folder.pull()
+    except SpecError as e:
+        raise SpecError(f"{source}: {e}" if source else str(e)) from None
+    return folder.local
 
 
 def check_same_job(run_dir: Path, spec, source: str, keys=("model", "data", "seed"), what="run") -> None:

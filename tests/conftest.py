@@ -6,6 +6,12 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# Credentials for the S3-compatible server a test starts (it takes any): the Ray workers that
+# write checkpoints there find them in their environment, as on a real cluster.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 from pathlib import Path  # noqa: E402
 
@@ -27,6 +33,44 @@ def ray_cluster():
     start_ray(num_cpus=3)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(tmp_path_factory):
+    """An S3-compatible server (moto's) on 127.0.0.1 for the session, with an empty bucket;
+    yields the bucket's URI. The server runs in a process of its own, stopped at the end."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("moto")
+    import pyarrow.fs as pafs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path_factory.mktemp("s3") / "server.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "the S3 server did not start"
+                time.sleep(0.1)
+        endpoint = f"http://127.0.0.1:{port}"
+        os.environ["AWS_ENDPOINT_URL"] = endpoint           # how the project finds it (storage.py)
+        pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True).create_dir("runs-bucket")
+        yield "s3://runs-bucket"
+    finally:
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
 
 
 TINY_JOB = {

@@ -140,7 +140,7 @@ def _run_command(args) -> None:
                       object_store_mb=4 * spec.resources.data_memory_mb)
     if args.dashboard and args.address is None:
         print(f"Ray dashboard: {runtime.STATE_API}", flush=True)
-    recipe.run(spec, args.job)
+    kinds.run(spec, args.job)
 
 
 def _check_paths(spec, source: str) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.runs import RESULT_FILE, result_checkpoint
+from bigmodel_ray.storage import open_uri
 
 
 def add_parser(sub) -> None:
@@ -65,7 +66,7 @@ def load_any(path: Path, task: str | None = None) -> tuple[torch.nn.Module, tupl
 def run(args) -> int:
     from bigmodel_ray.compress import export, measure
 
-    model, shape, default_out = load_any(Path(args.checkpoint).expanduser(), args.task)
+    model, shape, default_out = load_any(open_uri(args.checkpoint), args.task)
     out = Path(args.out) if args.out else default_out
     generator = torch.Generator().manual_seed(0)
     # Token models say what their inputs look like (ids, padding); the others take floats.

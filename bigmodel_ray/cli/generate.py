@@ -2,9 +2,9 @@
 (`train.task: lm`), tokenized with the run's own tokenizer. Greedy by default (the same text
 every time); `--temperature T` samples, over the `--top-k K` likeliest tokens when K > 0."""
 
-from pathlib import Path
 
 from bigmodel_ray.errors import SpecError
+from bigmodel_ray.storage import open_uri
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,7 @@ def run(args) -> int:
     from bigmodel_ray.data.text import TOKENIZER_FILE
     from bigmodel_ray.train.state import load_model
 
-    folder = Path(args.run).expanduser()
+    folder = open_uri(args.run)
     if not runs.finished(folder):
         raise SpecError(f"{folder}: not a finished run folder (no result.json with a checkpoint)")
     if args.max_tokens < 1 or args.temperature < 0 or args.top_k < 0 or args.samples < 1:

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from bigmodel_ray.errors import RunFailed, SpecError
+from bigmodel_ray.storage import open_uri
 
 OBJECT_STORE_MB = 1024      # the embedded Ray's store, as a run's by default: memory stays flat whatever the data
 
@@ -33,7 +34,7 @@ def run(args) -> int:
     if args.actors < 1 or args.batch_size < 1:
         raise SpecError(f"--actors and --batch-size must be >= 1 (got {args.actors}, {args.batch_size})")
     out = checked_out(Path(args.out).expanduser(), args.overwrite)
-    trained = open_run(Path(args.run).expanduser())
+    trained = open_run(open_uri(args.run))
     inputs = find_inputs(args.data, trained)
     # A CPU for the data tasks beside the actors: an actor pool holding every CPU starves the reads.
     runtime.start_ray(args.address, args.verbose, num_cpus=args.actors + 1, object_store_mb=OBJECT_STORE_MB)

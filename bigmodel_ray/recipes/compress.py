@@ -29,6 +29,7 @@ from bigmodel_ray.compress.chain import Candidate, apply_methods
 from bigmodel_ray.compress.distill import Distill
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.spec import JobSpec, dump, validate
+from bigmodel_ray.storage import open_uri
 from bigmodel_ray.train import launch
 from bigmodel_ray.train.state import load_classifier, read_state
 
@@ -60,7 +61,7 @@ def resolve_teacher(spec: JobSpec, source: str, say) -> Teacher:
             say(f"{spec.name}: training the teacher first ({job.name})")
             kinds.get("train").run(job, source, say)
     else:
-        run_dir = Path(spec.compress.teacher).expanduser().resolve()
+        run_dir = open_uri(spec.compress.teacher, spec.storage_options)
         if not runs.finished(run_dir):
             raise SpecError(f"{source}: compress.teacher: {run_dir} is not a finished train run "
                             f"(no result.json with a checkpoint)")
@@ -86,7 +87,7 @@ def compress(t: Teacher, source: str, work_dir: Path, say) -> list[Candidate]:
         what = "distilling" if distill else "fine-tuning"
         say(f"{spec.name}: {what} for {epochs} epochs on {spec.resources.workers} workers")
         trainer = launch.make_trainer(ft, t.plan, name=f"ft-{uuid.uuid4().hex[:8]}",
-                                      storage_path=str(work_dir / "finetune"), run_dir=None, keep=1,
+                                      storage_path=str(work_dir / "finetune"), keep=1,
                                       extra={"initial_model": model}, objective=objective)
         try:
             result = launch.fit(trainer)

@@ -23,6 +23,7 @@ from bigmodel_ray.data.pipeline import start_state
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.models import build_model, is_language_model
 from bigmodel_ray.spec import DataSpec, JobSpec, validate
+from bigmodel_ray.storage import open_uri
 from bigmodel_ray.train import launch
 from bigmodel_ray.train.init import load_fitting
 from bigmodel_ray.train.inputs import ModelInputs
@@ -44,7 +45,7 @@ def source_spec(spec: JobSpec) -> JobSpec:
 def source_run(spec: JobSpec) -> Path:
     """The source's run folder (an inline source's `<name>-source` run)."""
     if isinstance(spec.transfer.source, str):
-        return Path(spec.transfer.source).expanduser().resolve()
+        return open_uri(spec.transfer.source, spec.storage_options)
     return runs.run_dir_of(source_spec(spec), "")
 
 

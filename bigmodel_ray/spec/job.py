@@ -33,7 +33,11 @@ class JobSpec(Section):
                                   "resumes it")
     kind: Literal[tuple(KINDS)] = Field("train", description="what the job does: " + " | ".join(KINDS))
     seed: int = Field(0, ge=0, le=MAX_SEED, description="model init, data order and dropout")
-    storage: PathStr = Field("runs", description="folder holding run folders")
+    storage: PathStr = Field("runs", description="folder holding run folders: a local folder, or object storage "
+                                                 "(s3://bucket/prefix, gs://bucket/prefix)")
+    storage_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="s3:// and gs:// storage: options of pyarrow's S3FileSystem / "
+                                          "GcsFileSystem (e.g. endpoint_override, region); never credentials")
     data: DataSpec | None = Field(None, description="required, except in a compress job with a teacher run folder; "
                                                     "transfer: the target domain; multitask: none (see tasks)")
     model: ModelSpec | None = Field(None, description="required, except where it comes from a compress job's teacher "
@@ -117,6 +121,20 @@ class JobSpec(Section):
             if name not in reported:
                 raise ValueError(f"search: metric {name} is not reported by {self.kind} trials "
                                  f"(they report {', '.join(sorted(reported))})")
+
+    @model_validator(mode="after")
+    def _storage(self):
+        from bigmodel_ray import storage
+
+        if storage.is_remote(self.storage):
+            storage.filesystem(self.storage, self.storage_options)      # a bad option fails here, not mid-run
+            if self.search is not None or self.kind == "compress":
+                raise ValueError(f"storage: object storage holds train, transfer and multitask runs; a "
+                                 f"{'sweep' if self.search is not None else 'compress job'} needs a local folder "
+                                 f"(on several nodes, one they all mount)")
+        elif self.storage_options:
+            raise ValueError("storage_options: only for object storage (storage: s3://... or gs://...)")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -8,13 +8,13 @@ and that task's head) the job then takes. A transfer from a language model run t
 classifier of the same architecture (text_lm -> text_transformer), started from the LM's weights.
 """
 
-from pathlib import Path
 
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.models import CLASSIFIER_OF
 from bigmodel_ray.spec.job import SECTION_OF_KIND
 from bigmodel_ray.spec.messages import cut, shown
 from bigmodel_ray.spec.yaml_input import BadYAML, read_yaml
+from bigmodel_ray.storage import open_uri
 
 
 def with_run_sections(raw: dict, source: str) -> dict:
@@ -26,9 +26,10 @@ def with_run_sections(raw: dict, source: str) -> dict:
     run = section.get(given.key) if isinstance(section, dict) else None
     if not isinstance(run, str):
         return raw
+    options = raw.get("storage_options")
     try:
-        run_raw = read_yaml(Path(run).expanduser() / "spec.yaml")
-    except (OSError, RuntimeError):      # RuntimeError: ~user of no such user
+        run_raw = read_yaml(open_uri(run, options if isinstance(options, dict) else None) / "spec.yaml")
+    except (OSError, RuntimeError, ValueError):      # RuntimeError: ~user of no such user; ValueError: bad storage
         return raw        # not trained yet: the job validates, running it says what is missing
     except BadYAML as e:
         raise SpecError(f"{source}: {kind}.{given.key}: {cut(run)}/spec.yaml: {e}") from None

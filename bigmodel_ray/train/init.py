@@ -15,7 +15,9 @@ SHOWN = 3      # keys named per kind of mismatch; the rest are counted
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path).expanduser()
+    from bigmodel_ray.storage import open_uri
+
+    path = open_uri(str(path))
     if path.is_dir():
         from bigmodel_ray import runs
         from bigmodel_ray.train.state import STATE_FILE

@@ -27,6 +27,7 @@ from bigmodel_ray.errors import RunFailed, SpecError
 from bigmodel_ray.models import build_model
 from bigmodel_ray.progress import EpochPrinter
 from bigmodel_ray.spec import DataSpec, JobSpec, dump
+from bigmodel_ray.train.epoch_log import EpochLog
 from bigmodel_ray.train.init import init_from
 from bigmodel_ray.train.objectives import Classify
 from bigmodel_ray.train.state import MODEL_DIR, save_chosen
@@ -53,7 +54,7 @@ def plan_classifier(spec: JobSpec, source: str) -> Plan:
     against the cluster; a bad job fails here (SpecError)."""
     use_gpu = uses_gpu(spec, source)
     state = start_state() if needs_pipeline_state(spec.data) else None
-    data = open_data(kept_tokenizer(spec.data, runs.run_dir_of(spec, source)), spec, state, source, "data")
+    data = open_data(kept_tokenizer(spec.data, runs.folder_of(spec).local), spec, state, source, "data")
     check_data_cpus(data, spec.resources, source)
     torch.manual_seed(spec.seed)          # as the workers do: the same fresh weights where init_from has none
     try:   # the model's own argument checks, before any worker starts
@@ -140,13 +141,14 @@ def check_data_cpus(data, res, source: str) -> None:
                         f"lower resources.cpus_per_worker or add CPUs")
 
 
-def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, run_dir: str | None,
+def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, storage_filesystem=None,
                  callbacks=(), init_checkpoint: str | None = None, keep: int | None = None, extra: dict | None = None,
                  objective=None):
-    """The Ray Train run of `spec`: `run_dir` gets the epoch log (None: no log); a run without
-    checkpoints of its own starts from `init_checkpoint` when given. `extra` goes to the
-    workers' config as is (a model to fine-tune instead of a fresh one); `objective`
-    replaces the plan's (e.g. distillation from a teacher)."""
+    """The Ray Train run of `spec` in `storage_path` (inside `storage_filesystem`, for object
+    storage); `callbacks` see each epoch (e.g. train/epoch_log.py); a run without checkpoints of
+    its own starts from `init_checkpoint` when given. `extra` goes to the workers' config as is
+    (a model to fine-tune instead of a fresh one); `objective` replaces the plan's (e.g.
+    distillation from a teacher)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -154,7 +156,7 @@ def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, run
     objective = objective or plan.objective or task_objective(spec)
     return TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": run_dir,
+        train_loop_config={"spec": spec.model_dump(mode="json"),
                            "input_shape": list(plan.data.input_shape), "num_classes": plan.data.num_classes,
                            "steps_per_epoch": plan.steps_per_epoch(spec.train.grad_accum),
                            "micro_batches": plan.micro_batches, "dataset_names": list(plan.data.datasets),
@@ -167,7 +169,7 @@ def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, run
         datasets=plan.data.datasets,
         dataset_config=DataConfig(datasets_to_split=list(objective.train_sets), execution_options=_ingest_options(res)),
         run_config=RunConfig(
-            name=name, storage_path=storage_path, callbacks=list(callbacks),
+            name=name, storage_path=storage_path, storage_filesystem=storage_filesystem, callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(num_to_keep=keep or spec.checkpoint.keep),
             failure_config=FailureConfig(max_failures=spec.failure.max_failures),
         ),
@@ -205,6 +207,7 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say, what: str
     import ray
     import ray.train
 
+    folder = runs.folder_of(spec)      # run_dir is its local folder (a mirror, for object storage)
     say(f"{spec.name}: {what}")
     run_dir.mkdir(parents=True, exist_ok=True)       # only now: a rejected job writes nothing
     runs.write_spec(run_dir, dump(spec))
@@ -212,17 +215,17 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say, what: str
         runs.write_atomic(run_dir / name, text)
     done_before = runs.epochs_logged(run_dir)
     if done_before:
-        say(f"{spec.name}: resuming from the last checkpoint in {run_dir} ({done_before} epochs logged)")
+        say(f"{spec.name}: resuming from the last checkpoint in {folder.uri} ({done_before} epochs logged)")
 
     tracker = tracking.open_run(spec, run_dir, say)      # does nothing without a `tracking` section
-    trainer = make_trainer(spec, job, name=spec.name, storage_path=str(run_dir.parent), run_dir=str(run_dir))
+    trainer = make_trainer(spec, job, name=spec.name, **folder.ray_storage(), callbacks=[EpochLog(folder)])
     start = time.perf_counter()
     with tracker, EpochPrinter(run_dir / runs.METRICS_FILE, spec.train.epochs, done_before, on_epoch=tracker.epoch):
         try:
             result = fit(trainer)
         # RayError: e.g. the run's controller died before it started (not a TrainingFailedError)
         except (ray.train.TrainingFailedError, ray.exceptions.RayError) as e:
-            raise failure(e, spec, source, run_dir) from e
+            raise failure(e, spec, source, folder.uri) from e
     wall_s = time.perf_counter() - start
 
     history = runs.read_epoch_log(run_dir)
@@ -233,9 +236,9 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say, what: str
         "final_val_accuracy": history[-1].get("val_accuracy") if history else None,
         "samples_per_s_median": _median([r["samples_per_s"] for r in history[1:] or history]),
         # The model the run leaves (export, predict, transfer, compress read it): the chosen epoch's.
-        "checkpoint": str(save_chosen(result.checkpoint.path, run_dir / MODEL_DIR)) if result.checkpoint else None,
-        "last_checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "run_dir": str(run_dir), "workers": spec.resources.workers, "use_gpu": job.use_gpu, "params": job.params,
+        "checkpoint": str(_save_chosen(result.checkpoint, run_dir / MODEL_DIR)) if result.checkpoint else None,
+        "last_checkpoint": folder.uri_of(result.checkpoint.path) if result.checkpoint else None,
+        "run_dir": folder.uri, "workers": spec.resources.workers, "use_gpu": job.use_gpu, "params": job.params,
     }
     if job.state is not None:
         summary["skipped_records"], examples = ray.get(job.state.skipped_report.remote())
@@ -247,11 +250,18 @@ def execute(spec: JobSpec, source: str, job: Plan, run_dir: Path, say, what: str
         say(f"{spec.name}: stopped early after epoch {summary['epochs']} (train.early_stopping)")
     curves.plot(history, summary.get("best"), run_dir / curves.FILE)
     runs.write_result(run_dir, summary)
+    folder.push()
     tracker.finish(summary, run_dir)
     shown = "  ".join(f"{k} {summary[k]:.4f}" for k in HEADLINE if k in summary)
     say(f"{spec.name}: {shown}  ({summary['epochs']} epochs, {summary['epochs_this_run']} this run, "
-        f"{wall_s:.1f}s) -> {run_dir}")
+        f"{wall_s:.1f}s) -> {folder.uri}")
     return summary
+
+
+def _save_chosen(checkpoint, folder: Path) -> Path:
+    """The chosen model into the run folder, from Ray's last checkpoint (wherever Ray stored it)."""
+    with checkpoint.as_directory() as directory:
+        return save_chosen(directory, folder)
 
 
 # The test metrics a finished run prints (those its task reports)

@@ -21,7 +21,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from bigmodel_ray.models import build_model, shard_units
-from bigmodel_ray.runs import METRICS_FILE, read_epoch_log
 from bigmodel_ray.spec import DataSpec, JobSpec
 from bigmodel_ray.train.compute import prepare_compute
 from bigmodel_ray.train.inputs import ModelInputs
@@ -54,28 +53,6 @@ def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device, ddp_
         return fully_shard(model)
     # DDP when world size > 1 (gloo on CPU, nccl on GPU)
     return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
-
-
-class EpochLog:
-    """`metrics.jsonl` in the run folder: one JSON object per finished epoch (rank 0 only)."""
-
-    def __init__(self, run_dir: str | None, enabled: bool):
-        self.path = Path(run_dir or ".") / METRICS_FILE
-        self.enabled = enabled and run_dir is not None
-
-    def truncate_to(self, epochs_done: int) -> None:
-        """Drop epochs that a crash logged but never checkpointed: they will run again."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [row for row in read_epoch_log(self.path.parent) if row["epoch"] <= epochs_done]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-        tmp.replace(self.path)
-
-    def append(self, row: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
 
 
 def open_batches(config: dict, spec: JobSpec, objective, rank: int, world: int, device):
@@ -149,8 +126,6 @@ def train_worker(config: dict) -> dict:
     else:
         torch.manual_seed(spec.seed * 1_000_003 + rank)  # per-rank dropout streams
 
-    log = EpochLog(config.get("run_dir"), enabled=rank == 0)
-    log.truncate_to(epochs_done)
     pipeline_state = config.get("pipeline_state")
     streams, eval_sets = open_batches(config, spec, objective, rank, world, device)
     micro_batches = config["micro_batches"]
@@ -210,7 +185,6 @@ def train_worker(config: dict) -> dict:
         if last:
             test = evaluate_test(epoch + 1)
             row.update(_without_counts(test))
-        log.append(row)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if state is not None:

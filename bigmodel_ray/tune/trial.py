@@ -105,7 +105,7 @@ def train_trial(trial: Trial, spec, source: str, plan) -> None:
     train_runs = Path(trial.sweep_dir) / TRAIN_RUNS
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     spec, job = plan()
-    trainer = make_trainer(spec, job, name=run_name, storage_path=str(train_runs), run_dir=None,
+    trainer = make_trainer(spec, job, name=run_name, storage_path=str(train_runs),
                            callbacks=[ReportToTune(reports)], keep=2, init_checkpoint=start)
     outcome = {}
 

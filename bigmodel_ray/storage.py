@@ -1,0 +1,161 @@
+"""Where run folders live: a local folder, or object storage (`s3://`, `gs://`) through pyarrow's
+filesystems, which Ray Train and Tune also write their checkpoints through.
+
+A run in object storage is worked on through a local mirror on the driver's machine
+(`~/.cache/bigmodel_ray/storage/...`, or `$BIGMODEL_RAY_CACHE`): `pull` makes the mirror a copy
+of the run's own files (spec, epoch log, result, plots, the chosen model) before the run reads
+them, and `push` sends what the run wrote back. Ray's checkpoints never pass through it: the
+workers write them to the bucket themselves, so no node needs a folder that others mount.
+
+Credentials are never part of a job (the job file is stored with the run): each process finds
+them as the cloud's SDKs do (AWS_ACCESS_KEY_ID/..., an instance profile, a service account).
+An S3-compatible server's address may come from AWS_ENDPOINT_URL(_S3) or `storage_options`.
+"""
+
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from bigmodel_ray.errors import SpecError
+
+# Options that carry secrets: refused in a job (they would be stored with the run and sent to
+# every process that reads it).
+SECRET_OPTIONS = frozenset({"access_key", "secret_key", "session_token", "access_token", "credentials_file_path",
+                            "role_arn", "external_id"})
+# Ray's own files in a run folder: read through Ray (its checkpoints can be large), never mirrored.
+RAY_OWNED = ("checkpoint_", ".validate_storage_marker")
+
+
+def is_remote(storage: str) -> bool:
+    return "://" in storage and not storage.startswith("file://")
+
+
+def filesystem(uri: str, options: dict | None = None):
+    """(pyarrow filesystem, path inside it) for a storage URI; ValueError names a bad option."""
+    import pyarrow.fs as pafs
+
+    options = dict(options or {})
+    secret = sorted(SECRET_OPTIONS & set(options))
+    if secret:
+        raise ValueError(f"storage_options.{secret[0]}: credentials never go in a job (it is stored with the run); "
+                         f"set them in the environment, as the cloud's SDK reads them")
+    scheme, _, path = uri.partition("://")
+    path = path.rstrip("/")
+    try:
+        if scheme == "s3":
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            return pafs.S3FileSystem(**({"endpoint_override": endpoint} if endpoint else {}) | options), path
+        if scheme in ("gs", "gcs"):
+            return pafs.GcsFileSystem(**options), path
+        if options:
+            raise ValueError(f"storage_options: only for s3:// and gs:// storage (got {scheme}://)")
+        return pafs.FileSystem.from_uri(uri)
+    except TypeError as e:       # an option the filesystem does not take
+        raise ValueError(f"storage_options: {e}") from None
+    except Exception as e:       # pyarrow's ArrowInvalid: unknown scheme, bad URI
+        if isinstance(e, ValueError) and str(e).startswith("storage"):
+            raise
+        raise ValueError(f"storage: {uri} is not a storage URI pyarrow opens ({str(e).splitlines()[0][:200]})") from None
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("BIGMODEL_RAY_CACHE") or Path.home() / ".cache" / "bigmodel_ray") / "storage"
+
+
+@dataclass
+class RunFolder:
+    """One run folder: `local` is where this process reads and writes its files; for a run in
+    object storage, `fs`/`remote` say where it lives (else both None)."""
+    local: Path
+    uri: str
+    fs: object = None
+    remote: str | None = None
+
+    def ray_storage(self) -> dict:
+        """RunConfig's storage arguments for a Ray run named after this folder, inside it."""
+        if self.fs is None:
+            return {"storage_path": str(self.local.parent)}
+        return {"storage_path": str(PurePosixPath(self.remote).parent), "storage_filesystem": self.fs}
+
+    def pull(self) -> None:
+        """Make the local mirror a copy of the run's own files in storage (nothing there: empty)."""
+        if self.fs is not None:
+            with _said(f"cannot read {self.uri}"):
+                self._pull()
+
+    def _pull(self) -> None:
+        import pyarrow.fs as pafs
+
+        _remove_mirror(self.local)
+        self.local.mkdir(parents=True)
+        infos = self.fs.get_file_info(pafs.FileSelector(self.remote, allow_not_found=True, recursive=True))
+        for info in infos:
+            relative = PurePosixPath(info.path).relative_to(self.remote)
+            if info.type != pafs.FileType.File or any(part.startswith(RAY_OWNED) for part in relative.parts):
+                continue
+            target = self.local / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(info.path, str(target), source_filesystem=self.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+
+    def push(self, *names: str) -> None:
+        """Send the run's files (or just `names`) from the mirror to storage; each file is
+        replaced whole, so a reader never sees half of one."""
+        if self.fs is not None and self.local.exists():
+            with _said(f"cannot write {self.uri}"):
+                self._push(names)
+
+    def _push(self, names) -> None:
+        import pyarrow.fs as pafs
+
+        paths = [self.local / n for n in names] if names else [p for p in self.local.rglob("*") if p.is_file()]
+        for path in paths:
+            if path.is_file() and not path.name.endswith(".tmp"):
+                relative = path.relative_to(self.local).as_posix()
+                pafs.copy_files(str(path), f"{self.remote}/{relative}", source_filesystem=pafs.LocalFileSystem(),
+                                destination_filesystem=self.fs)
+
+    def uri_of(self, path: str) -> str:
+        """A path Ray gives inside this folder's filesystem, as a URI (local: the path)."""
+        return path if self.fs is None else f"{self.uri.partition('://')[0]}://{path}"
+
+
+def run_folder(storage: str, name: str, options: dict | None = None) -> RunFolder:
+    """The folder of run `name` under `storage` (a local folder or a URI)."""
+    if not is_remote(storage):
+        local = Path(storage.removeprefix("file://")).expanduser().resolve() / name
+        return RunFolder(local, str(local))
+    fs, path = filesystem(storage, options)
+    scheme = storage.partition("://")[0]
+    remote = f"{path}/{name}"
+    return RunFolder(cache_root() / scheme / remote, f"{scheme}://{remote}", fs, remote)
+
+
+def open_uri(location: str, options: dict | None = None) -> Path:
+    """A run folder given on the command line or in a job (a path, or a URI: then brought into
+    its mirror first), as a local folder to read."""
+    if not is_remote(location):
+        return Path(location).expanduser().resolve()
+    storage, _, name = location.rstrip("/").rpartition("/")
+    folder = run_folder(storage, name, options)
+    folder.pull()
+    return folder.local
+
+
+@contextmanager
+def _said(what: str):
+    """Storage errors (no such bucket, no credentials, no network) in one line."""
+    try:
+        yield
+    except OSError as e:
+        raise SpecError(f"storage: {what}: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}") from None
+
+
+def _remove_mirror(local: Path) -> None:
+    """Delete a mirror, and only ever a mirror: a folder under the cache root."""
+    if local.exists():
+        if not local.resolve().is_relative_to(cache_root().resolve()):
+            raise ValueError(f"{local} is not under {cache_root()}: not removed")
+        shutil.rmtree(local)

@@ -1,0 +1,72 @@
+"""Runs in object storage: a real S3-compatible server on 127.0.0.1 (conftest.py: s3_bucket).
+Ray writes the checkpoints there itself; the project's files go through a local mirror that a
+rerun on another machine rebuilds from the bucket."""
+
+import json
+import shutil
+
+import pyarrow.fs as pafs
+import pytest
+import yaml
+
+from bigmodel_ray import kinds
+from bigmodel_ray.cli import main
+from bigmodel_ray.spec import SpecError, load_job, validate
+from bigmodel_ray.storage import cache_root, filesystem
+
+BASE = {"name": "t", "data": {"source": "digits"}, "model": {"name": "mlp"}}
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"storage": "s3://b/runs", "storage_options": {"secret_key": "x"}}, "storage_options.secret_key: credentials never"),
+    ({"storage": "s3://b/runs", "storage_options": {"no_such": 1}}, "storage_options: .*no_such"),
+    ({"storage": "runs", "storage_options": {"region": "x"}}, "storage_options: only for object storage"),
+    ({"storage": "nosuch://b/runs"}, "storage: nosuch://b/runs is not a storage URI"),
+    ({"storage": "s3://b/runs", "search": {"space": {"train.optimizer.lr": {"loguniform": [1e-3, 1e-1]}},
+                                            "num_samples": 2}}, "storage: .*a sweep needs a local folder"),
+])
+def test_storage_is_checked_when_the_job_is(extra, message):
+    with pytest.raises(SpecError, match=message):
+        validate({**BASE, **extra}, "t.yaml")
+
+
+def _stored(bucket: str, name: str) -> set[str]:
+    fs, path = filesystem(f"{bucket}/runs/{name}")
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return {i.path.removeprefix(path + "/") for i in infos if i.type == pafs.FileType.File}
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_run_in_object_storage_resumes_on_another_machine_and_exports(s3_bucket, tiny_job, tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setenv("BIGMODEL_RAY_CACHE", str(tmp_path / "cache"))
+    job = tiny_job("remote", storage=f"{s3_bucket}/runs", train={"epochs": 1})
+    first = kinds.run(load_job(job), str(job), say=lambda _: None)
+    assert first["run_dir"] == f"{s3_bucket}/runs/remote" and first["last_checkpoint"].startswith(s3_bucket)
+    stored = _stored(s3_bucket, "remote")
+    assert {"spec.yaml", "metrics.jsonl", "result.json", "curves.png", "model/state.pt"} <= stored, stored
+    assert any(f.startswith("checkpoint_") and f.endswith("/state.pt") for f in stored), stored   # Ray's, direct
+
+    shutil.rmtree(cache_root())           # another machine: nothing local, only the bucket
+    more = tiny_job("remote", storage=f"{s3_bucket}/runs", train={"epochs": 2})
+    second = kinds.run(load_job(more), str(more), say=lambda _: None)
+    assert second["resumed_from_epoch"] == 1 and second["epochs"] == 2, second
+    fs, path = filesystem(f"{s3_bucket}/runs/remote")
+    with fs.open_input_stream(f"{path}/metrics.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f.read().decode().splitlines()] == [1, 2]
+    with fs.open_input_stream(f"{path}/result.json") as f:
+        assert json.loads(f.read())["epochs"] == 2
+
+    shutil.rmtree(cache_root())
+    capsys.readouterr()
+    assert main(["export", f"{s3_bucket}/runs/remote"]) == 0
+    assert "argmax agreement 1.0000" in capsys.readouterr().out
+
+
+def test_a_bucket_that_is_not_there_is_one_line(s3_bucket, tiny_job, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BIGMODEL_RAY_CACHE", str(tmp_path / "cache"))
+    job = tiny_job("nowhere", storage="s3://no-such-bucket/runs")
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no-such-bucket" in err and "\n" not in err, err
+    assert yaml.safe_load(job.read_text())["storage"] == "s3://no-such-bucket/runs"
