@@ -109,7 +109,8 @@ def loopback_cluster():
     token_path.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), RAY_USAGE_STATS_ENABLED="0",
-               PATH=f"{VENV_BIN}:{env.get('PATH', '')}")
+               PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
+               BIGMODEL_RAY_CACHE=str(Path(temp_dir) / "cache"))   # mirrors of runs in object storage
     gcs, dashboard, client = _free_ports(3)
     ray = str(VENV_BIN / "ray")
     common = ["--temp-dir", temp_dir, "--num-cpus", "1", "--disable-usage-stats"]
@@ -173,6 +174,26 @@ def test_submit_follow_succeeds_across_both_nodes(with_token, tiny_job, tmp_path
     assert main(["list", "--address", cluster.address]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:2] == ["SUBMISSION", "ID"] and any(submission_id in r and "SUCCEEDED" in r for r in table)
+
+
+def test_a_job_across_both_nodes_keeps_its_run_in_object_storage(with_token, s3_bucket, tiny_job):
+    # The cluster's nodes have the credentials in their environment (conftest.py), as nodes with an
+    # instance profile would; the job names the S3-compatible server's address.
+    cluster = with_token
+    job = tiny_job("cluster_s3", storage=f"{s3_bucket}/runs",
+                   storage_options={"endpoint_override": os.environ["AWS_ENDPOINT_URL"]})
+    submission_id = submit.submit(load_job(job), str(job), cluster.address, say=lambda _: None)
+    out = _Timed()
+    assert submit.follow(cluster.address, submission_id, out=out) == 0, out.text[-3000:]
+
+    from bigmodel_ray.storage import filesystem
+    fs, path = filesystem(f"{s3_bucket}/runs/cluster_s3")
+    with fs.open_input_stream(f"{path}/result.json") as f:
+        result = json.loads(f.read())
+    assert result["epochs"] == 2 and len(set(result["rank_nodes"])) == 2      # a trainer on each node
+    assert result["last_checkpoint"].startswith(f"{s3_bucket}/runs/cluster_s3/checkpoint_")
+    with fs.open_input_stream(f"{path}/metrics.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f.read().decode().splitlines()] == [1, 2]
 
 
 def test_cli_submit_follow_mirrors_a_failed_job(with_token, tiny_job, capsys):
