@@ -66,25 +66,40 @@ def _kill_run(driver: subprocess.Popen, ray_tmp: str) -> None:
         time.sleep(0.2)
 
 
-def test_killed_driver_resumes_on_rerun(tiny_job, tmp_path):
-    job = tiny_job("driverkill", train={"epochs": 8, "batch_size": 32})
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_driver_resumes_on_rerun(where, tiny_job, tmp_path, request):
+    storage = str(tmp_path / "runs") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/runs"
+    job = tiny_job("driverkill", storage=storage, train={"epochs": 8, "batch_size": 32})
     # Own Ray temp dir (short: Ray's socket paths must fit in 107 bytes): its processes are
     # found, and killed, by this path.
     ray_tmp = tempfile.mkdtemp(prefix="bmr-", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    cache = tmp_path / "cache"             # where a run in object storage is mirrored
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "BIGMODEL_RAY_CACHE": str(cache)}
     cmd = [sys.executable, "-m", "bigmodel_ray", "run", str(job)]
-    metrics = tmp_path / "runs" / "driverkill" / "metrics.jsonl"
+
+    def stored(name: str) -> str | None:
+        if where == "local":
+            path = tmp_path / "runs" / "driverkill" / name
+            return path.read_text() if path.exists() else None
+        from bigmodel_ray.storage import filesystem
+        fs, path = filesystem(f"{storage}/driverkill/{name}")
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read().decode()
+        except FileNotFoundError:
+            return None
 
     driver = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        while len((stored("metrics.jsonl") or "").splitlines()) < 3:
             assert driver.poll() is None and time.time() < deadline, "run ended before it could be killed"
-            time.sleep(0.1)
+            time.sleep(0.2)
     finally:
         _kill_run(driver, ray_tmp)
-    assert not (metrics.parent / "result.json").exists()
+    assert stored("result.json") is None
+    shutil.rmtree(cache, ignore_errors=True)       # object storage: the rerun starts from the bucket alone
 
     try:
         rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -93,6 +108,6 @@ def test_killed_driver_resumes_on_rerun(tiny_job, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming from the last checkpoint" in rerun.stdout
-    result = json.loads((metrics.parent / "result.json").read_text())
+    result = json.loads(stored("result.json"))
     assert result["resumed_from_epoch"] >= 2 and result["epochs"] == 8
-    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == list(range(1, 9))
+    assert [json.loads(line)["epoch"] for line in stored("metrics.jsonl").splitlines()] == list(range(1, 9))

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from bigmodel_ray.models import build_model, shard_units
 from bigmodel_ray.spec import DataSpec, JobSpec
 from bigmodel_ray.train.compute import prepare_compute
+from bigmodel_ray.train.epoch_log import RESUMED_ROW
 from bigmodel_ray.train.inputs import ModelInputs
 from bigmodel_ray.train.objectives import Classify
 from bigmodel_ray.train.optim import apply_hyperparameters, build_optimizer, build_scheduler
@@ -108,7 +109,7 @@ def train_worker(config: dict) -> dict:
     stopping = getattr(t, "early_stopping", None)
     patience = stopping and Patience(stopping.metric, stopping.mode, stopping.patience, stopping.min_delta)
 
-    epochs_done = 0
+    epochs_done, resumed_row = 0, None
     # The run's own checkpoint (resume, restart after a failure), else one handed over: a sweep's
     # trial continuing after an interruption, or a PBT trial cloning a better one.
     checkpoint = ray.train.get_checkpoint()
@@ -117,6 +118,8 @@ def train_worker(config: dict) -> dict:
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = read_state(d)
+            report = Path(d) / REPORT_FILE
+            resumed_row = json.loads(report.read_text()) if report.exists() else None
         epochs_done = restore_state(state, model, optimizer, scheduler, scaler, rank)
         best.restore(state.get("best"))
         if patience:
@@ -191,7 +194,10 @@ def train_worker(config: dict) -> dict:
                 save_state(state, tmp)
                 (Path(tmp) / REPORT_FILE).write_text(json.dumps(row))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(row, checkpoint=checkpoint)
+            # The first report after a resume carries the resumed epoch's row too: a run killed
+            # after its checkpoint was stored but before its row was logged gets it logged now.
+            ray.train.report({**row, RESUMED_ROW: resumed_row} if resumed_row else row, checkpoint=checkpoint)
+            resumed_row = None
         if stopped:
             break
 

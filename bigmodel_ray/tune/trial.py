@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ray.train.v2.api.callback import UserCallback
 
+from bigmodel_ray.train.epoch_log import RESUMED_ROW
 from bigmodel_ray.train.launch import failure, make_trainer
 from bigmodel_ray.train.state import STATE_FILE
 from bigmodel_ray.train.worker import REPORT_FILE
@@ -58,7 +59,8 @@ class ReportToTune(UserCallback):
         self.reports = reports
 
     def after_report(self, run_context, metrics, checkpoint):
-        self.reports.put((metrics[0], checkpoint.path if checkpoint else None))
+        row = {k: v for k, v in metrics[0].items() if k != RESUMED_ROW}      # the history has that epoch
+        self.reports.put((row, checkpoint.path if checkpoint else None))
 
 
 def starting_checkpoint(given, trial_id: str, sweep_dir: str) -> str | None:
