@@ -35,6 +35,14 @@ def ray_cluster():
     ray.shutdown()
 
 
+def _die_with_parent():
+    """In a server's process before it starts: end it when the test process ends, even killed."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)       # PR_SET_PDEATHSIG
+
+
 @pytest.fixture(scope="session")
 def s3_bucket(tmp_path_factory):
     """An S3-compatible server (moto's) on 127.0.0.1 for the session, with an empty bucket;
@@ -52,7 +60,7 @@ def s3_bucket(tmp_path_factory):
         port = s.getsockname()[1]
     log = (tmp_path_factory.mktemp("s3") / "server.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
+                              stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     try:
         deadline = time.time() + 60
         while True:
