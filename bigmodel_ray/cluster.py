@@ -8,6 +8,7 @@ FILE` on submit/status/logs/stop/list reaches the head's dashboard through `ray 
 
 import contextlib
 import importlib.util
+import shlex
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import yaml
 
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.runtime import free_port
+from bigmodel_ray.storage import STORAGE_ENV
 
 # Ray's CLI on the head reads the token the cluster files install (see cluster/*.yaml).
 _HEAD_STATUS = "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/.ray/auth_token ray status"
@@ -51,6 +53,22 @@ def _checked(cluster_file: str) -> str:
         raise SpecError(f"{cluster_file}: provider.type: {provider['type']} needs its SDK ({module}) on this machine: "
                         f"pip install -e '.[{extra}]'")
     return cluster_file
+
+
+def default_storage(cluster_file: str) -> str | None:
+    """The storage the cluster file gives its nodes for jobs that set none: the variable in its
+    docker run_options (`-e BIGMODEL_RAY_STORAGE=s3://BUCKET/runs`), the one place it is named."""
+    try:
+        config = yaml.safe_load(Path(cluster_file).read_text())
+        options = config["docker"]["run_options"]
+        tokens = shlex.split(" ".join(str(o) for o in options))
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+    for flag, value in zip(tokens, tokens[1:] + [""]):
+        given = value if flag in ("-e", "--env") else flag.removeprefix("--env=") if flag.startswith("--env=") else ""
+        if given.startswith(f"{STORAGE_ENV}="):
+            return given.split("=", 1)[1] or None
+    return None
 
 
 def commands(verb: str, cluster_file: str, yes: bool) -> list[list[str]]:

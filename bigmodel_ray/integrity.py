@@ -12,10 +12,13 @@ user who loads them. So:
   anyone else, or made with another key, is refused before anything in it is unpickled.
 - A sweep folder is resumed (its pickles read) only if it and every file Tune reads from it are
   owned by this user and writable by no one else, as ssh's StrictModes treats `~/.ssh`.
+- A sweep in object storage, where file owners say nothing, is resumed only if each file Tune
+  reads carries this user's tag in the sweep's `signatures.json`, written before it is sent.
 """
 
 import hashlib
 import hmac
+import json
 import os
 import stat
 from pathlib import Path
@@ -90,3 +93,30 @@ def check_private(folder: Path, files) -> None:
             who = "owned by another user" if info.st_uid not in (me, 0) else "writable by other users"
             raise SpecError(f"{path}: {who}; resuming would unpickle state that someone else could have written. "
                             f"Keep sweep folders private to you (chmod go-w), or start the sweep under a new name")
+
+
+SIGNATURES = "signatures.json"
+
+
+def sign_files(folder: Path, files) -> None:
+    """Tag `files` (inside `folder`) in folder/signatures.json."""
+    key = signing_key()
+    tags = {f.relative_to(folder).as_posix(): tag(f, key) for f in files if f.name != SIGNATURES}
+    tmp = folder / (SIGNATURES + ".tmp")
+    tmp.write_text(json.dumps(tags, indent=1))
+    tmp.replace(folder / SIGNATURES)
+
+
+def check_signed(folder: Path, files, where: str) -> None:
+    """Refuse (one line) unless every one of `files` carries this user's tag in signatures.json."""
+    try:
+        tags = json.loads((folder / SIGNATURES).read_text())
+    except (OSError, ValueError):
+        tags = {}
+    for f in files:
+        name = f.relative_to(folder).as_posix()
+        expected = tags.get(name) if isinstance(tags, dict) else None
+        if f.name != SIGNATURES and (not isinstance(expected, str) or not hmac.compare_digest(tag(f), expected)):
+            raise SpecError(f"{where}/{name}: not signed with your key ({KEY_ENV}); resuming would unpickle state "
+                            f"that someone else could have written. Resume as the user who ran the sweep, or "
+                            f"start it under a new name")

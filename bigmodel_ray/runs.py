@@ -23,12 +23,13 @@ def folder_of(spec) -> RunFolder:
     return run_folder(spec.storage, spec.name, spec.storage_options)
 
 
-def run_dir_of(spec, source: str) -> Path:
+def run_dir_of(spec, source: str, whole: bool = False) -> Path:
     """The job's run folder to work in: for a run in object storage, its local mirror, made a
-    copy of what is stored (so a run resumes on any machine)."""
+    copy of what is stored (so a run resumes on any machine); `whole` for a kind whose Ray runs
+    write into the folder itself (storage.RunFolder.pull)."""
     folder = folder_of(spec)
     try:
-        folder.pull()
+        folder.pull(whole)
     except SpecError as e:
         raise SpecError(f"{source}: {e}" if source else str(e)) from None
     return folder.local

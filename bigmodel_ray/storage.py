@@ -15,11 +15,13 @@ An S3-compatible server's address may come from AWS_ENDPOINT_URL(_S3) or `storag
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from bigmodel_ray.errors import SpecError
 
+# The default `storage` of jobs that do not set one (a cluster's nodes get it from its cluster file).
+STORAGE_ENV = "BIGMODEL_RAY_STORAGE"
 # Options that carry secrets: refused in a job (they would be stored with the run and sent to
 # every process that reads it).
 SECRET_OPTIONS = frozenset({"access_key", "secret_key", "session_token", "access_token", "credentials_file_path",
@@ -72,6 +74,8 @@ class RunFolder:
     uri: str
     fs: object = None
     remote: str | None = None
+    _sent: dict = field(default_factory=dict, repr=False)      # file -> (size, mtime) when last pulled or sent
+    before_push: object = None      # called with `local` before each push (a sweep signs its state)
 
     def ray_storage(self) -> dict:
         """RunConfig's storage arguments for a Ray run named after this folder, inside it."""
@@ -79,13 +83,14 @@ class RunFolder:
             return {"storage_path": str(self.local.parent)}
         return {"storage_path": str(PurePosixPath(self.remote).parent), "storage_filesystem": self.fs}
 
-    def pull(self) -> None:
-        """Make the local mirror a copy of the run's own files in storage (nothing there: empty)."""
+    def pull(self, whole: bool = False) -> None:
+        """Make the local mirror a copy of the run's own files in storage (nothing there: empty);
+        `whole`: Ray's too, for runs that Ray writes into the mirror (sweeps, compress jobs)."""
         if self.fs is not None:
             with _said(f"cannot read {self.uri}"):
-                self._pull()
+                self._pull(whole)
 
-    def _pull(self) -> None:
+    def _pull(self, whole: bool) -> None:
         import pyarrow.fs as pafs
 
         _remove_mirror(self.local)
@@ -93,17 +98,21 @@ class RunFolder:
         infos = self.fs.get_file_info(pafs.FileSelector(self.remote, allow_not_found=True, recursive=True))
         for info in infos:
             relative = PurePosixPath(info.path).relative_to(self.remote)
-            if info.type != pafs.FileType.File or any(part.startswith(RAY_OWNED) for part in relative.parts):
+            if info.type != pafs.FileType.File or not whole and any(p.startswith(RAY_OWNED) for p in relative.parts):
                 continue
             target = self.local / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             pafs.copy_files(info.path, str(target), source_filesystem=self.fs,
                             destination_filesystem=pafs.LocalFileSystem())
+            self._sent[target] = _version(target)
 
     def push(self, *names: str) -> None:
-        """Send the run's files (or just `names`) from the mirror to storage; each file is
-        replaced whole, so a reader never sees half of one."""
+        """Send the run's files (or just `names`) from the mirror to storage, those changed since
+        they were last sent; each file is replaced whole, so a reader never sees half of one.
+        Deepest first: a folder's top-level files (a sweep's state) name what is below them."""
         if self.fs is not None and self.local.exists():
+            if self.before_push is not None and not names:
+                self.before_push(self.local)
             with _said(f"cannot write {self.uri}"):
                 self._push(names)
 
@@ -111,11 +120,13 @@ class RunFolder:
         import pyarrow.fs as pafs
 
         paths = [self.local / n for n in names] if names else [p for p in self.local.rglob("*") if p.is_file()]
-        for path in paths:
-            if path.is_file() and not path.name.endswith(".tmp"):
-                relative = path.relative_to(self.local).as_posix()
-                pafs.copy_files(str(path), f"{self.remote}/{relative}", source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self.fs)
+        for path in sorted(paths, key=lambda p: -len(p.parts)):
+            if not path.is_file() or path.name.endswith(".tmp") or self._sent.get(path) == (version := _version(path)):
+                continue
+            relative = path.relative_to(self.local).as_posix()
+            pafs.copy_files(str(path), f"{self.remote}/{relative}", source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
+            self._sent[path] = version
 
     def uri_of(self, path: str) -> str:
         """A path Ray gives inside this folder's filesystem, as a URI (local: the path)."""
@@ -123,7 +134,18 @@ class RunFolder:
 
 
 def run_folder(storage: str, name: str, options: dict | None = None) -> RunFolder:
-    """The folder of run `name` under `storage` (a local folder or a URI)."""
+    """The folder of run `name` under `storage` (a local folder or a URI); one object per run in
+    a process, so that what it has sent is not sent again."""
+    key = (storage, name, tuple(sorted((options or {}).items())), str(cache_root()))
+    if key not in _FOLDERS:
+        _FOLDERS[key] = _new_folder(storage, name, options)
+    return _FOLDERS[key]
+
+
+_FOLDERS: dict[tuple, RunFolder] = {}
+
+
+def _new_folder(storage: str, name: str, options: dict | None) -> RunFolder:
     if not is_remote(storage):
         local = Path(storage.removeprefix("file://")).expanduser().resolve() / name
         return RunFolder(local, str(local))
@@ -142,6 +164,11 @@ def open_uri(location: str, options: dict | None = None) -> Path:
     folder = run_folder(storage, name, options)
     folder.pull()
     return folder.local
+
+
+def _version(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
 
 
 @contextmanager

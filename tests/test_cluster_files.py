@@ -228,3 +228,19 @@ def test_kuberay_image_is_built_on_the_pinned_ray():
     assert re.search(rf"^FROM rayproject/ray:{re.escape(ray.__version__)}-", dockerfile, re.M)
     assert RAY_PIN in dockerfile and TORCH_PIN in dockerfile
     assert re.search(r"^RUN pip install .*\.\s*$", dockerfile, re.M)   # the project itself
+
+
+@pytest.mark.parametrize("name, scheme", [("aws.yaml", "s3://"), ("gcp.yaml", "gs://")])
+def test_cloud_clusters_keep_runs_in_the_bucket_they_name_once(name, scheme, tmp_path, monkeypatch):
+    from bigmodel_ray.cluster import default_storage
+    from bigmodel_ray.spec import load_job
+
+    path = CLUSTER / name
+    bucket = default_storage(str(path))
+    assert bucket.startswith(scheme) and path.read_text().count(bucket.split("://")[1].split("/")[0]) == 1
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"data": {"source": "digits"}, "model": {"name": "mlp"}}))
+    monkeypatch.setenv("BIGMODEL_RAY_STORAGE", bucket)        # as the cluster's nodes have it
+    assert load_job(job).storage == bucket
+    monkeypatch.delenv("BIGMODEL_RAY_STORAGE")
+    assert load_job(job).storage == "runs" and default_storage(str(CLUSTER / "local.yaml")) is None

@@ -22,8 +22,6 @@ BASE = {"name": "t", "data": {"source": "digits"}, "model": {"name": "mlp"}}
     ({"storage": "s3://b/runs", "storage_options": {"no_such": 1}}, "storage_options: .*no_such"),
     ({"storage": "runs", "storage_options": {"region": "x"}}, "storage_options: only for object storage"),
     ({"storage": "nosuch://b/runs"}, "storage: nosuch://b/runs is not a storage URI"),
-    ({"storage": "s3://b/runs", "search": {"space": {"train.optimizer.lr": {"loguniform": [1e-3, 1e-1]}},
-                                            "num_samples": 2}}, "storage: .*a sweep needs a local folder"),
 ])
 def test_storage_is_checked_when_the_job_is(extra, message):
     with pytest.raises(SpecError, match=message):
@@ -36,6 +34,7 @@ def _stored(bucket: str, name: str) -> set[str]:
     return {i.path.removeprefix(path + "/") for i in infos if i.type == pafs.FileType.File}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_run_in_object_storage_resumes_on_another_machine_and_exports(s3_bucket, tiny_job, tmp_path, monkeypatch,
                                                                         capsys):
@@ -62,6 +61,16 @@ def test_a_run_in_object_storage_resumes_on_another_machine_and_exports(s3_bucke
     assert main(["export", f"{s3_bucket}/runs/remote"]) == 0
     assert "argmax agreement 1.0000" in capsys.readouterr().out
 
+    # A compress job: its teacher is the run in the bucket, its own run goes there too.
+    compress = tmp_path / "small.yaml"
+    compress.write_text(yaml.safe_dump({
+        "name": "small", "kind": "compress", "storage": f"{s3_bucket}/runs",
+        "compress": {"teacher": f"{s3_bucket}/runs/remote", "methods": [{"method": "lowrank", "ratio": 0.5}],
+                     "measure": {"batch_sizes": [1], "rounds": 1}, "select": {"max_accuracy_drop": 1.0}}}))
+    assert main(["run", str(compress)]) == 0
+    stored = _stored(s3_bucket, "small")
+    assert {"spec.yaml", "candidates.csv", "result.json", "candidates/1-lowrank.pt2"} <= stored, stored
+
 
 def test_a_bucket_that_is_not_there_is_one_line(s3_bucket, tiny_job, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BIGMODEL_RAY_CACHE", str(tmp_path / "cache"))
@@ -70,3 +79,30 @@ def test_a_bucket_that_is_not_there_is_one_line(s3_bucket, tiny_job, tmp_path, m
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "no-such-bucket" in err and "\n" not in err, err
     assert yaml.safe_load(job.read_text())["storage"] == "s3://no-such-bucket/runs"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_sweep_in_object_storage_resumes_elsewhere_only_from_its_own_signed_state(s3_bucket, tiny_job, tmp_path,
+                                                                                   monkeypatch, capsys):
+    monkeypatch.setenv("BIGMODEL_RAY_CACHE", str(tmp_path / "cache"))
+    job = tiny_job("remote-sweep", storage=f"{s3_bucket}/runs", resources={"workers": 1, "cpus_per_worker": 0.5},
+                   train={"epochs": 1, "batch_size": 256},
+                   search={"space": {"train.optimizer.lr": "grid([0.003, 0.01])"}, "search_alg": "grid"})
+    summary = kinds.run(load_job(job), str(job), say=lambda _: None)
+    assert summary["epochs_trained"] == 2
+    stored = _stored(s3_bucket, "remote-sweep")
+    assert {"spec.yaml", "trials.csv", "best.yaml", "result.json", "signatures.json", "tuner.pkl"} <= stored, stored
+
+    shutil.rmtree(cache_root())            # another machine: the sweep is restored from the bucket
+    again = kinds.run(load_job(job), str(job), say=lambda _: None)
+    assert again["epochs_trained"] == 2 and again["best"]["trial"] == summary["best"]["trial"]
+
+    fs, path = filesystem(f"{s3_bucket}/runs/remote-sweep")
+    with fs.open_output_stream(f"{path}/tuner.pkl") as f:        # what a writer of the bucket could do
+        f.write(b"not what the sweep saved")
+    shutil.rmtree(cache_root())
+    capsys.readouterr()
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "tuner.pkl: not signed with your key" in err and err.count("\n") == 1, err

@@ -69,6 +69,14 @@ def _jobs_command(args) -> int:
     from bigmodel_ray import submit
     from bigmodel_ray.cluster import dashboard_address
 
+    spec = None
+    if args.command == "submit":
+        from bigmodel_ray.cluster import default_storage
+        from bigmodel_ray.spec import load_job
+
+        spec = load_job(args.job, args.overrides)         # a bad job never reaches the cluster
+        if args.cluster and "storage" not in spec.model_fields_set and (storage := default_storage(args.cluster)):
+            spec = load_job(args.job, [*args.overrides, f"storage={storage}"])     # the cluster file's bucket
     if args.cluster:
         where = dashboard_address(args.cluster)
     else:
@@ -79,9 +87,6 @@ def _jobs_command(args) -> int:
         where = contextlib.nullcontext(address)
     with where as address:
         if args.command == "submit":
-            from bigmodel_ray.spec import load_job
-
-            spec = load_job(args.job, args.overrides)         # a bad job never reaches the cluster
             submission_id = submit.submit(spec, args.job, address, working_dir=args.working_dir, pip=args.pip)
             if not args.follow:
                 print(f"follow it with: bigmodel-ray logs {submission_id} --follow --address {address}")

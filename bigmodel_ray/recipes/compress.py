@@ -106,7 +106,7 @@ class Compress:
         return launch.cpus_needed(spec)
 
     def run(self, spec: JobSpec, source: str, say=print) -> dict:
-        run_dir = runs.run_dir_of(spec, source)
+        run_dir = runs.run_dir_of(spec, source, whole=True)     # object storage: worked on in the mirror
         t = resolve_teacher(spec, source, say)
         spec, c = t.spec, t.spec.compress
         run_dir.mkdir(parents=True, exist_ok=True)

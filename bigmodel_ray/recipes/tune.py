@@ -16,7 +16,7 @@ from bigmodel_ray.errors import RunFailed, SpecError
 from bigmodel_ray.spec import JobSpec, apply, dump, validate, without_search
 from bigmodel_ray.spec.space import distributions
 from bigmodel_ray.tune import results
-from bigmodel_ray.tune.progress import SweepProgress
+from bigmodel_ray.tune.progress import SendSweep, SweepProgress
 from bigmodel_ray.tune.space import to_tune, trial_count, trial_values, tune_space
 from bigmodel_ray.tune.tracking import open_sweep
 from bigmodel_ray.tune.trial import TRAIN_RUNS, Trial, checkpoints_by_age
@@ -36,7 +36,9 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     from ray import tune
 
     search, kind = spec.search, kinds.get(spec.kind)
-    sweep_dir = runs.run_dir_of(spec, source)
+    sweep_dir = runs.run_dir_of(spec, source, whole=True)     # object storage: trials work in the mirror
+    folder = runs.folder_of(spec)
+    folder.before_push = _sign_state
     runs.check_same_job(sweep_dir, spec, source, keys=[k for k in JobSpec.model_fields if k != "name"], what="sweep")
     as_written = spec                 # spec.yaml keeps the job as given (it is what a rerun compares)
     concurrency = _concurrency(spec, source, say)
@@ -63,9 +65,12 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
                              artifact_key=integrity.signing_key()),
         {"cpu": search.trial_cpus})
     if tune.Tuner.can_restore(str(sweep_dir)):
-        # Restoring unpickles Tune's saved state: only from a folder no one else could have written.
-        integrity.check_private(sweep_dir, [*(p for p in sweep_dir.iterdir() if p.is_file() or p.is_symlink()),
-                                            *sweep_dir.glob("*/*.pkl")])
+        # Restoring unpickles Tune's saved state: only from a folder no one else could have
+        # written, or (object storage) files that carry this user's signature.
+        if folder.fs is None:
+            integrity.check_private(sweep_dir, _state_files(sweep_dir))
+        else:
+            integrity.check_signed(sweep_dir, _state_files(sweep_dir), folder.uri)
         done = sum(r.status in ("finished", "stopped") for r in results.collect(sweep_dir, epochs))
         say(f"{spec.name}: resuming the sweep in {sweep_dir} ({done} trials already ended)")
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -74,7 +79,8 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
                            tune_config=_tune_config(spec, space, concurrency),
                            run_config=tune.RunConfig(
                                name=spec.name, storage_path=str(sweep_dir.parent), verbose=0,
-                               callbacks=[SweepProgress(search.metrics[0], search.modes[0], epochs)],
+                               callbacks=[SweepProgress(search.metrics[0], search.modes[0], epochs),
+                                          SendSweep(folder)],
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     with open_sweep(spec, raw_job, sweep_dir, say) as tracker:      # a no-op without a `tracking` section
         tuner.fit()
@@ -146,6 +152,15 @@ def _tune_config(spec: JobSpec, space, concurrency: int):
     return tune.TuneConfig(metric=search.metric if single else None, mode=search.mode if single else None,
                            num_samples=search.num_samples, max_concurrent_trials=limit,
                            scheduler=scheduler, search_alg=search_alg)
+
+
+def _state_files(sweep_dir: Path) -> list[Path]:
+    """The files Tune reads (unpickles) when it restores a sweep."""
+    return [*(p for p in sweep_dir.iterdir() if p.is_file() or p.is_symlink()), *sweep_dir.glob("*/*.pkl")]
+
+
+def _sign_state(sweep_dir: Path) -> None:
+    integrity.sign_files(sweep_dir, _state_files(sweep_dir))
 
 
 def _prune_checkpoints(records) -> None:

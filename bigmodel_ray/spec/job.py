@@ -1,6 +1,7 @@
 """The job: a name, a kind, the common sections every kind uses, the kind's own section, and
 an optional `search` block that turns the job into a sweep of itself."""
 
+import os
 import re
 from typing import Literal, get_args
 
@@ -21,6 +22,7 @@ from bigmodel_ray.spec.search import SearchSpec
 from bigmodel_ray.spec.tracking import TrackingSpec
 from bigmodel_ray.spec.train import CheckpointSpec, FailureSpec, ModelSpec, ResourcesSpec, TrainSpec
 from bigmodel_ray.spec.transfer import TransferSpec
+from bigmodel_ray.storage import STORAGE_ENV
 
 COMMON = ("data", "model")        # sections a kind may supply itself (KindSection.supplies)
 # Folder names take 255 bytes; runs add suffixes (-teacher, -source, a trial's) to the job's name.
@@ -33,8 +35,9 @@ class JobSpec(Section):
                                   "resumes it")
     kind: Literal[tuple(KINDS)] = Field("train", description="what the job does: " + " | ".join(KINDS))
     seed: int = Field(0, ge=0, le=MAX_SEED, description="model init, data order and dropout")
-    storage: PathStr = Field("runs", description="folder holding run folders: a local folder, or object storage "
-                                                 "(s3://bucket/prefix, gs://bucket/prefix)")
+    storage: PathStr = Field(default_factory=lambda: os.environ.get(STORAGE_ENV) or "runs",
+                             description=f"folder holding run folders: a local folder, or object storage "
+                                         f"(s3://bucket/prefix, gs://bucket/prefix); default ${STORAGE_ENV}, else runs")
     storage_options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="s3:// and gs:// storage: options of pyarrow's S3FileSystem / "
                                           "GcsFileSystem (e.g. endpoint_override, region); never credentials")
@@ -128,10 +131,6 @@ class JobSpec(Section):
 
         if storage.is_remote(self.storage):
             storage.filesystem(self.storage, self.storage_options)      # a bad option fails here, not mid-run
-            if self.search is not None or self.kind == "compress":
-                raise ValueError(f"storage: object storage holds train, transfer and multitask runs; a "
-                                 f"{'sweep' if self.search is not None else 'compress job'} needs a local folder "
-                                 f"(on several nodes, one they all mount)")
         elif self.storage_options:
             raise ValueError("storage_options: only for object storage (storage: s3://... or gs://...)")
         return self

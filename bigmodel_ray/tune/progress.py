@@ -83,3 +83,17 @@ def status_line(trials, epochs: int, metric: str, best) -> str:
 def _clock(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m:02d}:{s:02d}"
+
+
+class SendSweep(Callback):
+    """A sweep in object storage is sent there every `every_s` seconds while it runs (what a
+    driver killed on one machine resumes from on another); runs.py sends the rest at the end."""
+
+    def __init__(self, folder, every_s: float = 30.0):
+        self.folder, self.every_s = folder, every_s
+        self.last = time.monotonic()
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.folder.fs is not None and time.monotonic() - self.last > self.every_s:
+            self.folder.push()
+            self.last = time.monotonic()
