@@ -1,11 +1,12 @@
 """Where run folders live: a local folder, or object storage (`s3://`, `gs://`) through pyarrow's
-filesystems, which Ray Train and Tune also write their checkpoints through.
+filesystems, which Ray Train also writes its checkpoints through.
 
 A run in object storage is worked on through a local mirror on the driver's machine
 (`~/.cache/bigmodel_ray/storage/...`, or `$BIGMODEL_RAY_CACHE`): `pull` makes the mirror a copy
 of the run's own files (spec, epoch log, result, plots, the chosen model) before the run reads
-them, and `push` sends what the run wrote back. Ray's checkpoints never pass through it: the
-workers write them to the bucket themselves, so no node needs a folder that others mount.
+them, and `push` sends what the run wrote back. A train run's checkpoints never pass through it:
+the workers write them to the bucket themselves, so no node needs a folder that others mount.
+A sweep or a compress job works wholly in the mirror (`pull(whole=True)`), which is sent back.
 
 Credentials are never part of a job (the job file is stored with the run): each process finds
 them as the cloud's SDKs do (AWS_ACCESS_KEY_ID/..., an instance profile, a service account).
@@ -45,20 +46,18 @@ def filesystem(uri: str, options: dict | None = None):
                          f"set them in the environment, as the cloud's SDK reads them")
     scheme, _, path = uri.partition("://")
     path = path.rstrip("/")
+    if options and scheme not in ("s3", "gs", "gcs"):
+        raise ValueError(f"storage_options: only for s3:// and gs:// storage (got {scheme}://)")
     try:
         if scheme == "s3":
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             return pafs.S3FileSystem(**({"endpoint_override": endpoint} if endpoint else {}) | options), path
         if scheme in ("gs", "gcs"):
             return pafs.GcsFileSystem(**options), path
-        if options:
-            raise ValueError(f"storage_options: only for s3:// and gs:// storage (got {scheme}://)")
         return pafs.FileSystem.from_uri(uri)
     except TypeError as e:       # an option the filesystem does not take
         raise ValueError(f"storage_options: {e}") from None
-    except Exception as e:       # pyarrow's ArrowInvalid: unknown scheme, bad URI
-        if isinstance(e, ValueError) and str(e).startswith("storage"):
-            raise
+    except (ValueError, OSError) as e:       # pyarrow's ArrowInvalid: unknown scheme, bad URI
         raise ValueError(f"storage: {uri} is not a storage URI pyarrow opens ({str(e).splitlines()[0][:200]})") from None
 
 
