@@ -17,7 +17,7 @@ every number and ratio.
    Target: ours >= 1,000 img/s/core. Ratios ours/scipy and ours/torch.
 
 2. Full pipeline vs the bare op, over the same N synthetic 224x224 JPEG images written as
-   parquet shards by the project's own `data prepare` (`bigmodel_ray.cli.data.prepare`):
+   parquet shards by the project's own `data prepare` (`bigmodel_ray.cli.prepare.prepare`):
      bare op   one process, one core: `pipeline.transform_batch` (decode -> augment -> uint8
                CHW, what the pipeline hands to workers) in a plain loop over batches of the
                same rows (bytes read into memory once), `pipeline.batch_rows` rows per batch;
@@ -198,7 +198,7 @@ def measure_augment(seconds: float, rounds: int) -> dict:
 
 def prepare_synthetic(out: Path, count: int, val_fraction: float, test_fraction: float) -> dict:
     """`bigmodel-ray data prepare synthetic OUT --encoding jpeg --set ...` (needs Ray running)."""
-    from bigmodel_ray.cli.data import prepare
+    from bigmodel_ray.cli.prepare import prepare
 
     return prepare("synthetic", str(out), "jpeg", [f"count={count}", f"image_size={SIZE}",
                                                    f"val_fraction={val_fraction}", f"test_fraction={test_fraction}"],

@@ -17,5 +17,13 @@ class SpecError(Exception):
         super().__init__(line)
 
 
+class DataError(ValueError):
+    """The data does not fit the job's `data` section; `field` names the key to fix."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class RunFailed(Exception):
     """A run raised on its workers or controller; the message says where to look."""

@@ -61,8 +61,15 @@ def filesystem(uri: str, options: dict | None = None):
         raise ValueError(f"storage: {uri} is not a storage URI pyarrow opens ({str(e).splitlines()[0][:200]})") from None
 
 
+def cache_dir() -> Path:
+    """This user's cache: fetched and generated data sets, tokenizers, run mirrors."""
+    root = Path(os.environ.get("BIGMODEL_RAY_CACHE") or Path.home() / ".cache" / "bigmodel_ray")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("BIGMODEL_RAY_CACHE") or Path.home() / ".cache" / "bigmodel_ray") / "storage"
+    return cache_dir() / "storage"
 
 
 @dataclass

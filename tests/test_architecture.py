@@ -95,3 +95,31 @@ def test_docs_spec_md_is_generated_from_the_models():
     from bigmodel_ray.spec.reference import DOC, render
 
     assert DOC.read_text() == render(), "docs/spec.md is stale: run `python -m bigmodel_ray.spec.reference`"
+
+
+HEAVY = ("torch", "ray", "numpy", "cv2", "sklearn", "pandas")
+
+
+def test_the_cli_answers_without_importing_heavy_libraries(tmp_path):
+    """`--help` and `validate` (once a model's answer is cached) import none of HEAVY: they answer
+    in a fraction of a second (benchmarks/startup.py measures it)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys, contextlib, io\nfrom bigmodel_ray.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n    code = main(sys.argv[1:])\n"
+             f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    env = {**os.environ, "BIGMODEL_RAY_CACHE": str(tmp_path)}
+
+    def imported(*argv: str) -> str:
+        out = subprocess.run([sys.executable, "-c", probe, *argv], env=env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+        return out.stdout.strip() or out.stderr[-500:]
+
+    assert imported("data", "--help") == "" and imported("--help") == ""       # argparse exits before the print
+    job = str(ROOT / "jobs" / "quickstart.yaml")
+    assert "'torch'" in imported("validate", job)             # the first time: the model is built on meta
+    assert imported("validate", job) == "0 []"
+    bad = imported("validate", job, "--set", "model.args.channels=[8,-1]")      # a new model: built, refused
+    assert bad.startswith("2 [") and "'torch'" in bad

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from bigmodel_ray.cli import main
-from bigmodel_ray.cli.data import data_spec_of
+from bigmodel_ray.cli.prepare import data_spec_of
 from bigmodel_ray.data import load_data
 from bigmodel_ray.data.augment import AugmentConfig, augment_batch, draws_for_keys
 from bigmodel_ray.data.sources import DataError

@@ -1,8 +1,10 @@
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bigmodel_ray.models import MODELS, build_model, takes_tokens
+from bigmodel_ray.models import MODELS, build_model, model_arg_names, model_class, takes_tokens
 from bigmodel_ray.models.transformer import MultiHeadSelfAttention
 
 SHAPES = {"mlp": [(1, 40), (1, 8, 8)], "cnn1d": [(1, 40), (2, 33)], "cnn2d": [(1, 8, 8), (3, 16, 16)],
@@ -77,3 +79,9 @@ def test_heads_are_split_not_shared():
     single = MultiHeadSelfAttention(32, 1).eval()
     single.load_state_dict(attn.state_dict())
     assert not torch.allclose(attn(x), single(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_arguments_read_from_source_are_the_signatures(name):
+    params = set(inspect.signature(model_class(name)).parameters) - {"input_shape", "num_classes"}
+    assert model_arg_names(name) == params and params

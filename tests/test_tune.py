@@ -38,18 +38,18 @@ def trial_history(sweep_dir: Path, trial_id: str) -> pd.DataFrame:
     return read_history(history_file(sweep_dir, trial_id))
 
 
-@pytest.mark.slow      # a 16-trial sweep: minutes on 2 cores
+@pytest.mark.slow      # a 6-trial sweep: minutes on 2 cores
 def test_asha_stops_bad_trials_and_the_best_matches_its_history(ray_cluster, tiny_job):
     job = tiny_job("asha", resources=SWEEP_RESOURCES, train={"epochs": 4, "batch_size": 128}, search={
         "space": {"train.optimizer.lr": "loguniform(1e-4, 3e-2)", "model.args.channels": "choice([[4, 8], [8, 16]])"},
-        "num_samples": 8, "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}})
+        "num_samples": 6, "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}})
     summary, trials, sweep_dir = run_sweep(job)
 
-    assert len(trials) == 8 and set(trials["status"]) <= {"finished", "stopped"}
+    assert len(trials) == 6 and set(trials["status"]) <= {"finished", "stopped"}
     stopped, finished = trials[trials.status == "stopped"], trials[trials.status == "finished"]
     assert len(stopped) >= 1 and len(finished) >= 1, trials[["trial", "status", "epoch"]]
     assert (stopped["epoch"] < 4).all() and (finished["epoch"] == 4).all()
-    assert summary["epochs_trained"] == trials["epochs_trained"].sum() < 8 * 4
+    assert summary["epochs_trained"] == trials["epochs_trained"].sum() < 6 * 4
 
     best = summary["best"]
     assert best["val_accuracy"] == trials["val_accuracy"].max()
@@ -153,12 +153,12 @@ def test_bad_search_blocks_exit_2_naming_file_and_key(tiny_job, capsys, search, 
 @pytest.mark.slow
 def test_pbt_trials_continue_from_cloned_checkpoints(ray_cluster, tiny_job):
     # A population of two that trains side by side: at every epoch the worse one clones the better.
-    job = tiny_job("pbt", resources=SWEEP_RESOURCES, train={"epochs": 4, "batch_size": 128}, search={
+    job = tiny_job("pbt", resources=SWEEP_RESOURCES, train={"epochs": 3, "batch_size": 128}, search={
         "space": {"train.optimizer.lr": "loguniform(1e-4, 3e-2)"}, "num_samples": 2, "max_concurrent_trials": 2,
         "scheduler": {"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5}})
     summary, trials, sweep_dir = run_sweep(job)
 
-    assert (trials["status"] == "finished").all() and (trials["epoch"] == 4).all()
+    assert (trials["status"] == "finished").all() and (trials["epoch"] == 3).all()
     assert list(sweep_dir.glob("pbt_policy_*.txt")), "PBT never exploited"
     switches = []
     for trial in trials["trial"]:
@@ -173,8 +173,8 @@ def test_pbt_trials_continue_from_cloned_checkpoints(ray_cluster, tiny_job):
 
 @pytest.mark.slow
 def test_killed_driver_resumes_the_sweep(tiny_job, tmp_path):
-    job = tiny_job("sweepkill", resources={"workers": 1}, train={"epochs": 5, "batch_size": 128}, search={
-        "space": {"train.optimizer.lr": "loguniform(1e-3, 3e-2)"}, "num_samples": 4, "max_concurrent_trials": 2})
+    job = tiny_job("sweepkill", resources={"workers": 1}, train={"epochs": 4, "batch_size": 128}, search={
+        "space": {"train.optimizer.lr": "loguniform(1e-3, 3e-2)"}, "num_samples": 3, "max_concurrent_trials": 2})
     ray_tmp = tempfile.mkdtemp(prefix="bmr-", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     cmd = [sys.executable, "-m", "bigmodel_ray", "run", str(job)]
@@ -195,7 +195,7 @@ def test_killed_driver_resumes_the_sweep(tiny_job, tmp_path):
         _kill_run(driver, ray_tmp)
     before = epochs_reported()
     assert not (sweep_dir / "result.json").exists()
-    assert sum(max(e, default=0) == 5 for e in before.values()) < 4, "every trial ended before the kill"
+    assert sum(max(e, default=0) == 4 for e in before.values()) < 3, "every trial ended before the kill"
 
     try:
         rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -205,7 +205,7 @@ def test_killed_driver_resumes_the_sweep(tiny_job, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming the sweep" in rerun.stdout
     trials = pd.read_csv(sweep_dir / "trials.csv")
-    assert len(trials) == 4 and (trials["status"] == "finished").all() and (trials["epoch"] == 5).all()
+    assert len(trials) == 3 and (trials["status"] == "finished").all() and (trials["epoch"] == 4).all()
     after = epochs_reported()
     for name, epochs in before.items():
         if not epochs:
@@ -216,9 +216,9 @@ def test_killed_driver_resumes_the_sweep(tiny_job, tmp_path):
         assert after[name][:len(epochs)] == epochs, (name, epochs, after[name])
         rest = after[name][len(epochs):]
         if not rest:   # it had finished and Tune had recorded it: nothing to repeat
-            assert epochs[-1] == 5, (name, epochs)
+            assert epochs[-1] == 4, (name, epochs)
             continue
-        assert rest == list(range(rest[0], 6)) and epochs[-1] <= rest[0] <= epochs[-1] + 1, (name, epochs, rest)
+        assert rest == list(range(rest[0], 5)) and epochs[-1] <= rest[0] <= epochs[-1] + 1, (name, epochs, rest)
 
 
 COMPRESS_JOB = {"kind": "compress", "data": {"source": "digits"}, "model": {"name": "cnn2d", "args": {"channels": [16, 32]}},

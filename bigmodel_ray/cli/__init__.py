@@ -101,34 +101,6 @@ def _jobs_command(args) -> int:
         return submit.list_jobs(address)
 
 
-def _data_command(args) -> None:
-    from bigmodel_ray.cli import data as data_cli
-    from bigmodel_ray.data.images import bad_record_in
-    from bigmodel_ray.data.sources import DataError
-    from bigmodel_ray.runtime import start_ray
-
-    if args.data_command == "fetch":        # no Ray: a download and an unzip
-        from bigmodel_ray.data.fetch import fetch
-
-        try:
-            fetch(args.name)
-        except DataError as e:
-            raise SpecError(f"data fetch {args.name}: {e}") from None
-        return
-    try:
-        start_ray()
-        if args.data_command == "prepare":
-            data_cli.prepare(args.src, args.out, args.encoding, args.overrides, args.layout)
-        else:
-            data_cli.inspect(args.src, args.overrides, args.grid, args.samples)
-    except DataError as e:
-        raise SpecError(f"{args.src}: data.{e.field}: {e}" if e.field != "out" else f"{args.out}: {e}") from None
-    except Exception as e:
-        if bad := bad_record_in(e):
-            raise SpecError(f"{args.src}: data: {bad} (--set on_bad_record=skip drops such records)") from None
-        raise
-
-
 def _run_command(args) -> None:
     from bigmodel_ray import kinds, runtime, tracking
     from bigmodel_ray.spec import dump, load_job
@@ -145,7 +117,23 @@ def _run_command(args) -> None:
                       object_store_mb=4 * spec.resources.data_memory_mb)
     if args.dashboard and args.address is None:
         print(f"Ray dashboard: {runtime.STATE_API}", flush=True)
-    kinds.run(spec, args.job)
+    try:
+        kinds.run(spec, args.job)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_where_it_stopped(spec, args)) from None
+
+
+def _where_it_stopped(spec, args) -> str:
+    """'after epoch 3 of runs/x: `bigmodel-ray run JOB ...` resumes it' (the line Ctrl-C prints)."""
+    import shlex
+
+    from bigmodel_ray import runs
+
+    folder = runs.folder_of(spec)
+    epoch = runs.epochs_logged(folder.local)
+    sets = [a for o in args.overrides for a in ("--set", o)]
+    command = shlex.join(["bigmodel-ray", "run", args.job, *sets, *(["--address", args.address] if args.address else [])])
+    return f"{f'after epoch {epoch} ' if epoch else ''}in {folder.uri}: `{command}` resumes it from its last checkpoint"
 
 
 def _check_paths(spec, source: str) -> None:
@@ -165,7 +153,9 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "data":
-            _data_command(args)
+            from bigmodel_ray.cli import data
+
+            data.run(args)
         elif args.command == "export":
             from bigmodel_ray.cli import export as export_cli
 
@@ -190,8 +180,8 @@ def main(argv=None) -> int:
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted {str(e) or 'by Ctrl-C'}", file=sys.stderr)
         return 130
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)

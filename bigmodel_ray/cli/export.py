@@ -8,12 +8,14 @@ run holds a classifier per task: `--task NAME` exports that one (the backbone an
 import json
 import re
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.runs import RESULT_FILE, result_checkpoint
 from bigmodel_ray.storage import open_uri
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_parser(sub) -> None:
@@ -25,7 +27,7 @@ def add_parser(sub) -> None:
     c.add_argument("--threads", type=int, default=1, help="threads for the latency check")
 
 
-def load_any(path: Path, task: str | None = None) -> tuple[torch.nn.Module, tuple[int, ...], Path]:
+def load_any(path: Path, task: str | None = None) -> "tuple[torch.nn.Module, tuple[int, ...], Path]":
     """(model, input shape, where the ONNX file goes by default)."""
     from bigmodel_ray.train.state import STATE_FILE, load_classifier, read_state
 
@@ -64,6 +66,8 @@ def load_any(path: Path, task: str | None = None) -> tuple[torch.nn.Module, tupl
 
 
 def run(args) -> int:
+    import torch
+
     from bigmodel_ray.compress import export, measure
 
     model, shape, default_out = load_any(open_uri(args.checkpoint), args.task)

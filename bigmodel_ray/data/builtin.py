@@ -7,9 +7,10 @@ Splits are fixed by `split_seed`, so every run of a job sees the same rows.
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
+
+from bigmodel_ray.storage import cache_dir
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -93,12 +94,6 @@ def _carve_val(x, y, val_fraction: float, seed: int) -> Splits:
     x_train, x_val, y_train, y_val = train_test_split(
         x, y, test_size=val_fraction, random_state=seed, stratify=y)
     return {"train": (x_train, y_train), "val": (x_val, y_val)}
-
-
-def cache_dir() -> Path:
-    root = Path(os.environ.get("BIGMODEL_RAY_CACHE", Path.home() / ".cache" / "bigmodel_ray"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 BUILTIN = {"digits": load_digits, "mnist1d": load_mnist1d}

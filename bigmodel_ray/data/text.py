@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bigmodel_ray.data.builtin import cache_dir
 from bigmodel_ray.data.bundle import DataBundle
 from bigmodel_ray.data.images import BadRecord
 from bigmodel_ray.data.labels import class_id
@@ -34,6 +33,7 @@ from bigmodel_ray.data.parquet import read_files
 from bigmodel_ray.data.pipeline import in_split
 from bigmodel_ray.data.sources import SPLITS, DataError
 from bigmodel_ray.data.splits import SplitRows, rows_of_split, split_counts, text_splits
+from bigmodel_ray.storage import cache_dir
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]     # ids 0..4, in this order
 PAD_ID, CLS_ID = 0, 2

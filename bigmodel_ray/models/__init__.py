@@ -5,25 +5,21 @@ and `num_classes`, plus its own keyword arguments, and returns an `nn.Module` th
 float batch of `input_shape` to class logits.
 """
 
-import inspect
-from collections.abc import Callable
+import ast
+import functools
+import importlib
+from importlib.resources import files
 
-import torch.nn as nn
-
-from bigmodel_ray.models.cnn import CNN1d, CNN2d
-from bigmodel_ray.models.hf import HFClassifier
-from bigmodel_ray.models.mlp import MLP
-from bigmodel_ray.models.text import TextLM, TextTransformer
-from bigmodel_ray.models.transformer import TransformerClassifier
-
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": MLP,
-    "cnn1d": CNN1d,
-    "cnn2d": CNN2d,
-    "transformer": TransformerClassifier,
-    "text_transformer": TextTransformer,      # token ids (text sources)
-    "text_lm": TextLM,                        # token ids -> next-token logits (train.task: lm)
-    "hf": HFClassifier,                       # a local Hugging Face model folder (args.path), token ids
+# name -> "module:Class" in this package. Imported only when a model is built: checking a job's
+# model section needs no torch (its arguments are read from the class's source).
+MODELS: dict[str, str] = {
+    "mlp": "mlp:MLP",
+    "cnn1d": "cnn:CNN1d",
+    "cnn2d": "cnn:CNN2d",
+    "transformer": "transformer:TransformerClassifier",
+    "text_transformer": "text:TextTransformer",    # token ids (text sources)
+    "text_lm": "text:TextLM",                      # token ids -> next-token logits (train.task: lm)
+    "hf": "hf:HFClassifier",                       # a local Hugging Face model folder (args.path), token ids
 }
 
 LANGUAGE_MODELS = ("text_lm",)      # trained with train.task: lm
@@ -34,8 +30,13 @@ FROM_FOLDER = ("hf",)
 CLASSIFIER_OF = {"text_lm": "text_transformer"}
 
 
-def is_language_model(model: nn.Module) -> bool:
-    return isinstance(model, tuple(MODELS[name] for name in LANGUAGE_MODELS))
+def model_class(name: str) -> type:
+    module, cls = MODELS[name].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def is_language_model(model) -> bool:
+    return isinstance(model, tuple(model_class(name) for name in LANGUAGE_MODELS))
 
 
 def takes_tokens(name: str) -> bool:
@@ -43,17 +44,23 @@ def takes_tokens(name: str) -> bool:
     return "vocab_size" in model_arg_names(name)
 
 
-def model_arg_names(name: str) -> set[str]:
-    """Keyword arguments a model accepts from the YAML (for spec validation)."""
-    params = inspect.signature(MODELS[name]).parameters
-    return {p for p in params if p not in ("input_shape", "num_classes")}
+@functools.cache
+def model_arg_names(name: str) -> frozenset[str]:
+    """Keyword arguments a model accepts from the YAML: its __init__'s, read from its source
+    (what inspect.signature says of the class, without importing torch)."""
+    module, cls = MODELS[name].split(":")
+    tree = ast.parse(files(__name__).joinpath(f"{module}.py").read_text())
+    init = next(f for c in tree.body if isinstance(c, ast.ClassDef) and c.name == cls
+                for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+    params = [a.arg for a in init.args.args[1:] + init.args.kwonlyargs]
+    return frozenset(params) - {"input_shape", "num_classes"}
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
-    return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs):
+    return model_class(name)(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
 
 
-def shard_units(model: nn.Module) -> list[nn.Module]:
+def shard_units(model) -> list:
     """Submodules that FSDP shards as one unit each (the root is sharded last, by the caller)."""
     units = getattr(model, "shard_units", None)
     if callable(units):
@@ -61,6 +68,8 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.children() if any(True for _ in m.parameters())]
 
 
-def classifier_path(model: nn.Module) -> str:
+def classifier_path(model) -> str:
     """Dotted name of the classifier: the model's last Linear layer."""
+    import torch.nn as nn
+
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]

@@ -3,16 +3,20 @@
 The model is built on PyTorch's meta device (shapes only: no memory, milliseconds) for the
 inputs its data implies, so channels [-1], num_heads 0 or a patch larger than the image fail
 here, with the key named, instead of on the workers after Ray has started.
+
+Answers are kept in the user's cache, keyed by the models' source: importing torch takes
+longer than the rest of `validate`, and a job is validated again and again while it is edited.
 """
 
 import functools
+import hashlib
 import json
+import os
 import warnings
+from importlib.resources import files
 
-import torch
-
-from bigmodel_ray.models import build_model
 from bigmodel_ray.spec.messages import cut
+from bigmodel_ray.storage import cache_dir
 
 # Built-in sets' (input shape, classes), as bigmodel_ray.data.builtin loads them.
 BUILTIN_INPUTS = {"digits": ((1, 8, 8), 10), "mnist1d": ((1, 40), 10)}
@@ -53,6 +57,54 @@ def check_buildable(model, data) -> None:
 
 @functools.lru_cache(maxsize=512)        # a search checks the same model at every corner of its space
 def _problem(name: str, shape: tuple[int, ...], classes: int, args_json: str) -> str | None:
+    key = hashlib.sha256(json.dumps([_models_source(), name, shape, classes, args_json]).encode()).hexdigest()
+    answers = _read_answers()
+    if key not in answers:
+        answers[key] = _build_on_meta(name, shape, classes, args_json)
+        _write_answers(answers, key)
+    return answers[key]
+
+
+@functools.cache
+def _models_source() -> str:
+    """A digest of the models' code: an answer stands as long as the code that gave it."""
+    digest = hashlib.sha256()
+    for f in sorted(files("bigmodel_ray.models").iterdir(), key=lambda f: f.name):
+        if f.name.endswith(".py"):
+            digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+ANSWERS_FILE, MAX_ANSWERS = "buildable.json", 2000
+
+
+def _read_answers() -> dict:
+    try:
+        answers = json.loads((cache_dir() / ANSWERS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    # A file that is not what this module writes is ignored (and replaced), never trusted in part.
+    ok = isinstance(answers, dict) and all(v is None or isinstance(v, str) for v in answers.values())
+    return answers if ok else {}
+
+
+def _write_answers(answers: dict, newest: str) -> None:
+    kept = dict(list(answers.items())[-MAX_ANSWERS:])
+    kept[newest] = answers[newest]
+    path = cache_dir() / ANSWERS_FILE
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(kept))
+        tmp.replace(path)          # atomic: processes validating side by side never read half a file
+    except OSError:
+        tmp.unlink(missing_ok=True)      # a read-only cache only costs the next validate its torch import
+
+
+def _build_on_meta(name: str, shape: tuple[int, ...], classes: int, args_json: str) -> str | None:
+    import torch
+
+    from bigmodel_ray.models import build_model
+
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")           # e.g. "initializing zero-element tensors"

@@ -6,7 +6,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from bigmodel_ray.data import SOURCES
-from bigmodel_ray.data.builtin import BUILTIN, check_mnist1d_args
 from bigmodel_ray.spec.common import MAX_SEED, PathStr, Section, plain_data
 
 # OpenCV's warps and resizes take images under 32,767 pixels a side.
@@ -161,6 +160,8 @@ class DataSpec(Section):
             if self.source != "mnist1d":
                 raise ValueError(f"generator: only for source mnist1d (source is {self.source})")
             try:
+                from bigmodel_ray.data.builtin import check_mnist1d_args
+
                 plain_data(self.generator)
                 check_mnist1d_args(self.generator)
             except ValueError as e:
@@ -170,5 +171,5 @@ class DataSpec(Section):
     @property
     def keep_in_memory(self) -> bool:
         # auto: the built-in sets and the reviews (token ids: ~12 MB): small enough for every worker
-        return self.source in (*BUILTIN, "reviews") if self.in_memory == "auto" else self.in_memory
+        return self.source in ("digits", "mnist1d", "reviews") if self.in_memory == "auto" else self.in_memory
 

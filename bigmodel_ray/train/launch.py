@@ -188,6 +188,8 @@ def fit(trainer):
     previous = signal.getsignal(signal.SIGINT) if main else None
     try:
         return trainer.fit()
+    except SystemExit as e:       # Ctrl-C: Ray Train's handler aborted the run, Ray ended the wait
+        raise KeyboardInterrupt from e
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
