@@ -11,13 +11,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bigmodel_ray import local_ray
+
 STATE_API = None    # the embedded Ray's dashboard URL: pass it to ray.util.state calls made here
 # (not set in os.environ: the Jobs SDK would then send every submission to this instance)
 
 
 def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool = False,
               num_cpus: float | None = None, object_store_mb: int | None = None) -> None:
-    """Embedded Ray in this process (address None) or attach to a running cluster.
+    """Embedded Ray in this process (address None; the local Ray of `bigmodel-ray up` instead
+    while it is up), or attach to a running cluster.
 
     `num_cpus` (embedded only): logical CPUs to offer, at least the machine's cores. A job asks
     for its trainers' CPUs plus `resources.data_cpus`, so the data pipeline's tasks always find a
@@ -33,20 +36,17 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     run's controller is alive, and without a dashboard of its own it asks 127.0.0.1:8265 — on a
     shared machine another Ray's dashboard, whose "no such actor" made it tear down a healthy run.
     """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Train's controller polls its workers this often (Ray's default: 2 s); each epoch's
-    # report waits for a poll, so the default adds up to 2 s per epoch on short epochs.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    if address is None:
-        # Ray starts worker processes at nice 15 so its control plane stays responsive; on a
-        # machine of our own that only makes training yield to every other process (measured:
-        # 0.84x of torchrun's throughput on 2 cores). Run workers at normal priority, as torchrun does.
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        # Spot-instance preemption watching means nothing for a single embedded node.
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    global STATE_API
+    local = local_ray.running() if address is None and not _ray_started() else None
+    for key, value in ray_env(local=address is None).items():
+        os.environ.setdefault(key, value)
     if not verbose:
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    if address is None and not _ray_started():
+    if local is not None:           # `bigmodel-ray up` is running: attach to it with its token
+        _use_token(local.token_path)
+        address, STATE_API = local.address, local.dashboard
+        print(f"attached to the local Ray at {local.address} (bigmodel-ray up)", flush=True)
+    elif address is None and not _ray_started():
         _private_token()
     import ray
     import ray.data
@@ -54,6 +54,7 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     if ray.is_initialized():
         return
     cpus = None if address is not None else math.ceil(max(os.cpu_count() or 1, num_cpus or 0))
+    attach = {"_node_ip_address": "127.0.0.1"} if local is not None else {}     # the node `up` started
     port = 8265 if dashboard else free_port()
     embedded = {} if address is not None else {
         # Only this machine talks to it: the dashboard / Jobs API binds 127.0.0.1 (Ray's default,
@@ -67,15 +68,30 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
         # frees a stopped run's CPUs. Point every worker of this job at our own dashboard.
         "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
     ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
-             **embedded)
+             **embedded, **attach)
     if address is None:
-        global STATE_API
         STATE_API = embedded["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"]
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.print_on_execution_start = verbose
     data_ctx.enable_progress_bars = verbose and sys.stderr.isatty()
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def ray_env(local: bool = True) -> dict[str, str]:
+    """Settings that Ray's processes read from their environment (embedded Ray, `up`)."""
+    env = {"RAY_USAGE_STATS_ENABLED": "0",
+           # Train's controller polls its workers this often (Ray's default: 2 s); each epoch's
+           # report waits for a poll, so the default adds up to 2 s per epoch on short epochs.
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    if local:
+        # Ray starts worker processes at nice 15 so its control plane stays responsive; on a
+        # machine of our own that only makes training yield to every other process (measured:
+        # 0.84x of torchrun's throughput on 2 cores). Run workers at normal priority, as torchrun does.
+        env["RAY_worker_niceness"] = "0"
+        # Spot-instance preemption watching means nothing for a single local node.
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    return env
 
 
 def _ray_started() -> bool:
@@ -94,7 +110,11 @@ def _private_token() -> None:
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
     atexit.register(shutil.rmtree, folder, True)
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    _use_token(token)
+
+
+def _use_token(path) -> None:
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(path))
     os.environ.pop("RAY_AUTH_TOKEN", None)     # it would win over the file
     if "ray" in sys.modules:        # Ray read the auth mode when it was imported: make it read again
         from ray._raylet import Config

@@ -87,7 +87,9 @@ class Tracker:
         self.ended = False
 
     def epoch(self, row: dict) -> None:
-        self.log({k: v for k, v in row.items() if k != "epoch" and not is_test_metric(k)}, row["epoch"])
+        # first_step_at: a time of day, not a quantity to plot
+        self.log({k: v for k, v in row.items() if k not in ("epoch", "first_step_at") and not is_test_metric(k)},
+                 row["epoch"])
 
     def log(self, values: dict, step: int) -> None:
         numbers = {k: float(v) for k, v in values.items()

@@ -12,6 +12,8 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+# A Ray that `bigmodel-ray up` keeps running on this machine is not the tests': they start their own.
+os.environ["BIGMODEL_RAY_LOCAL"] = __import__("tempfile").mkdtemp(prefix="bmr-local-")
 
 from pathlib import Path  # noqa: E402
 

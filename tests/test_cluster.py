@@ -7,10 +7,7 @@ and a custom resource each; the test tears them down by the processes it started
 
 import json
 import os
-import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +19,7 @@ import pytest
 
 from bigmodel_ray import submit
 from bigmodel_ray.cli import main
+from bigmodel_ray.local_ray import free_ports, processes, stop
 from bigmodel_ray.spec import load_job
 
 pytestmark = pytest.mark.slow
@@ -36,47 +34,10 @@ class LoopbackCluster:
     temp_dir: str
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _agent_ports() -> list[str]:
-    agent, grpc, metrics, runtime_env = _free_ports(4)
+    agent, grpc, metrics, runtime_env = free_ports(4)
     return ["--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(grpc),
             "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env)]
-
-
-def cluster_pids(temp_dir: str, gcs_port: int | None = None) -> list[int]:
-    """Processes whose command line names the cluster's temp dir, and all their descendants.
-
-    Ray's client server names neither the temp dir nor a parent of ours (`ray start` exits and
-    leaves it to init): with `gcs_port`, a process given `--address=HOST:<gcs_port>` is ours too.
-    """
-    ours = re.compile(re.escape(temp_dir) + (rf"|--address=\S+:{gcs_port}\b" if gcs_port else ""))
-    parents, cmdlines = {}, {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdlines[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
-            stat = (proc / "stat").read_text()
-            parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            if stat.rsplit(")", 1)[1].split()[0] == "Z":
-                cmdlines.pop(int(proc.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    found = {pid for pid, cmd in cmdlines.items() if ours.search(cmd) and pid != os.getpid()}
-    while True:
-        more = {pid for pid, parent in parents.items() if parent in found and pid in cmdlines} - found
-        if not more:
-            return sorted(found)
-        found |= more
 
 
 def _cmdlines(pids) -> list[str]:
@@ -89,18 +50,6 @@ def _cmdlines(pids) -> list[str]:
     return out
 
 
-def _tear_down(temp_dir: str, gcs_port: int) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-        for pid in cluster_pids(temp_dir, gcs_port):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait_s
-        while cluster_pids(temp_dir, gcs_port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def loopback_cluster():
     temp_dir = tempfile.mkdtemp(prefix="bmrc-", dir="/tmp")     # short: socket paths must fit in 107 bytes
@@ -111,7 +60,7 @@ def loopback_cluster():
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
                BIGMODEL_RAY_CACHE=str(Path(temp_dir) / "cache"))   # mirrors of runs in object storage
-    gcs, dashboard, client = _free_ports(3)
+    gcs, dashboard, client = free_ports(3)
     ray = str(VENV_BIN / "ray")
     common = ["--temp-dir", temp_dir, "--num-cpus", "1", "--disable-usage-stats"]
     try:
@@ -123,8 +72,8 @@ def loopback_cluster():
                         *common, *_agent_ports()], env=env, check=True, capture_output=True, timeout=120)
         yield LoopbackCluster(f"http://127.0.0.1:{dashboard}", token_path, temp_dir)
     finally:
-        _tear_down(temp_dir, gcs)
-        assert cluster_pids(temp_dir, gcs) == [], "cluster processes left behind"
+        stop(temp_dir, gcs)
+        assert processes(temp_dir, gcs) == [], "cluster processes left behind"
 
 
 @pytest.fixture
@@ -219,7 +168,7 @@ def test_stop_ends_the_job_and_its_processes(with_token, tiny_job, tmp_path, cap
     assert capsys.readouterr().out.strip() == f"{submission_id}: STOPPED"
     markers = ("ray::RayTrainWorker", "ray::TrainController", "bigmodel_ray.cli run")
     deadline = time.monotonic() + 60
-    while any(m in cmd for cmd in _cmdlines(cluster_pids(cluster.temp_dir)) for m in markers):
+    while any(m in cmd for cmd in _cmdlines(processes(cluster.temp_dir)) for m in markers):
         assert time.monotonic() < deadline, "trainer processes survived the stop"
         time.sleep(0.5)
     assert main(["logs", submission_id, "--address", cluster.address, "--follow"]) == submit.STOPPED_EXIT

@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "logs":
             c.add_argument("--follow", action="store_true", help="stream until the job ends")
         _cluster_options(c)
+    c = sub.add_parser("up", help="keep a Ray running on this machine: runs attach to it and start in seconds")
+    c.add_argument("--cpus", type=int, default=(os.cpu_count() or 1) + 2,
+                   help="logical CPUs it offers (default: cores + 2, room for a job's data tasks and trial drivers)")
+    c.add_argument("--object-store-mb", type=int, default=2048, help="shared-memory object store (default 2048)")
+    sub.add_parser("down", help="stop the Ray that `up` started (only its processes)")
     c = sub.add_parser("cluster", help="ray up | ray down | head status, for a cluster file in cluster/")
     c.add_argument("verb", choices=("up", "down", "status"))
     c.add_argument("file", help="cluster launcher YAML, e.g. cluster/aws.yaml")
@@ -168,6 +173,12 @@ def main(argv=None) -> int:
             from bigmodel_ray.cli import predict
 
             return predict.run(args)
+        elif args.command in ("up", "down"):
+            from bigmodel_ray import local_ray, runtime
+
+            if args.command == "down":
+                return 0 if local_ray.down() else print("no local Ray is up") or 0
+            local_ray.up(args.cpus, args.object_store_mb, runtime.ray_env())
         elif args.command == "cluster":
             from bigmodel_ray import cluster
 

@@ -88,10 +88,13 @@ def load_data(data_spec, seed: int = 0, state=None, task: str = "classify") -> D
 
         return load_text(data_spec, state, task)
     source, fmt, input_shape, transform, device_aug = open_pipeline(data_spec, seed)
-    datasets, has_tasks = {}, False
+    datasets, has_tasks, arrays = {}, False, {}
     for name, ds in source.splits.items():
         t = transform(name)
-        if not (source.storage == "array" and t.augment is None and not t.emit_key):   # else: rows pass as they are
+        if source.storage == "array" and t.augment is None and not t.emit_key:     # rows pass as they are
+            if data_spec.keep_in_memory:
+                arrays[name] = source.arrays[name]
+        else:
             has_tasks = True
             ds = ds.map_batches(transform_blocks, fn_kwargs={"t": t, "rows": batch_rows(fmt), "state": state},
                                 batch_size=None, batch_format="numpy")
@@ -101,4 +104,4 @@ def load_data(data_spec, seed: int = 0, state=None, task: str = "classify") -> D
         datasets[name] = ds
     return DataBundle(datasets=datasets, rows=source.rows, input_shape=input_shape, num_classes=source.num_classes,
                       class_names=source.class_names, has_tasks=has_tasks,
-                      device_augment=device_aug)
+                      device_augment=device_aug, arrays=arrays)

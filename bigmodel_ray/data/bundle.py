@@ -19,4 +19,15 @@ class DataBundle:
     has_tasks: bool                           # the pipeline runs Ray Data tasks (needs CPUs beside training)
     device_augment: "AugmentConfig | None"    # augment.on: device — the workers warp the train batches
     artifacts: dict[str, str] = field(default_factory=dict)   # files the run folder keeps (a tokenizer)
+    # Splits that the workers may take as (x, y) arrays instead of through Ray Data: built-in
+    # sets kept in memory whose rows pass as they are. A run then starts without Ray Data's
+    # coordinator actors (a process each: seconds per run on a small machine).
+    arrays: dict[str, tuple] = field(default_factory=dict)
+
+    def handed_over(self) -> tuple[dict, dict]:
+        """(the Ray Datasets for Ray Train to split, object refs of the arrays the workers read)."""
+        import ray
+
+        refs = {name: ray.put(xy) for name, xy in self.arrays.items()}
+        return {name: ds for name, ds in self.datasets.items() if name not in refs}, refs
     reference: dict[str, float] = field(default_factory=dict)  # baselines result.json reports beside the model's

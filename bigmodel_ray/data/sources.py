@@ -47,6 +47,7 @@ class Source:
     first_image: np.ndarray | None = None          # one train image as stored (its size fixes the format)
     class_names: list[str] | None = None
     hash_split: dict[str, tuple[float, float]] = field(default_factory=dict)   # split -> [lo, hi) of hash share
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)   # array storage: (x, y) per split
 
 
 def split_shares(spec) -> dict[str, tuple[float, float]]:
@@ -90,7 +91,7 @@ def open_builtin(spec) -> Source:
                             for name, (x, y) in splits.items()},
                   rows={k: len(y) for k, (_, y) in splits.items()},
                   num_classes=int(max(y.max() for _, y in splits.values() if len(y)) + 1),
-                  first_image=splits["train"][0][0])
+                  first_image=splits["train"][0][0], arrays=splits)
 
 
 # ---------------------------------------------------------------------------- synthetic

@@ -154,6 +154,7 @@ def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, sto
 
     res = spec.resources
     objective = objective or plan.objective or task_objective(spec)
+    datasets, arrays = plan.data.handed_over()
     return TorchTrainer(
         train_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"),
@@ -162,12 +163,13 @@ def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, sto
                            "micro_batches": plan.micro_batches, "dataset_names": list(plan.data.datasets),
                            "objective": objective, "pipeline_state": plan.state,
                            "device_augment": plan.data.device_augment, "params": plan.params,
-                           "class_names": plan.data.class_names,
+                           "class_names": plan.data.class_names, "arrays": arrays,
                            "init_checkpoint": init_checkpoint, **plan.extra, **(extra or {})},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
-        datasets=plan.data.datasets,
-        dataset_config=DataConfig(datasets_to_split=list(objective.train_sets), execution_options=_ingest_options(res)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[n for n in objective.train_sets if n in datasets],
+                                  execution_options=_ingest_options(res)),
         run_config=RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=storage_filesystem, callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(num_to_keep=keep or spec.checkpoint.keep),
@@ -284,8 +286,7 @@ def _ingest_options(res):
 
 
 def _median(values):
-    values = sorted(values)
-    return values[len(values) // 2] if values else None
+    return sorted(values)[len(values) // 2] if values else None
 
 
 def _first_line(e: BaseException) -> str:

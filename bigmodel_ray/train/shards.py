@@ -1,4 +1,4 @@
-"""A worker's batches from its Ray Data shards.
+"""A worker's batches from its Ray Data shards (or, for small built-in sets, from (x, y) arrays).
 
 Train: the `train` shard (rows split evenly across workers by Ray). With `in_memory`, the first
 pass keeps the rows as tensors and later epochs reshuffle them locally (small data: no per-epoch
@@ -22,6 +22,8 @@ def _iter_stored(shard, batch_size, device, keyed=False, **kwargs):
 
 
 def _materialize(shard, device, keyed=False) -> tuple[torch.Tensor, ...]:
+    if isinstance(shard, tuple):         # (x, y) arrays, handed over without Ray Data
+        return tuple(torch.from_numpy(a).to(device) for a in shard)
     parts = list(zip(*_iter_stored(shard, _READ_BATCH, "cpu", keyed))) if shard is not None else []
     if not parts:
         return (torch.empty(0), torch.empty(0, dtype=torch.int64)) + ((torch.empty(0, dtype=torch.int64),) if keyed else ())

@@ -5,6 +5,7 @@ gradient all-reduce on all but the last micro-step of a group. A short final gro
 epoch) has its gradients rescaled so that every optimizer step averages over its micro-batches.
 """
 
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 
@@ -46,7 +47,8 @@ def _gradient_sync(model, enabled: bool):
 
 def train_epoch(model, batches, optimizer, scheduler, *, device, precision="fp32", grad_accum=1,
                 grad_clip=None, label_smoothing=0.0, scaler=None, loss=None, frozen=()) -> dict[str, float]:
-    """Returns the mean training loss and the number of samples this rank saw.
+    """Returns the mean training loss, the number of samples this rank saw, and when (Unix
+    time) its first optimizer step ended: how long a run took to start training.
 
     `loss(model, batch) -> (loss, samples)` replaces cross-entropy on `(x, y)` batches (see
     train/objectives.py). `frozen` parameters take part in the forward pass but are not updated
@@ -55,7 +57,7 @@ def train_epoch(model, batches, optimizer, scheduler, *, device, precision="fp32
     loss = loss or Classify(label_smoothing).loss
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    samples, micro = 0, 0
+    samples, micro, first_step_at = 0, 0, None
     for batch, last in _flag_last(batches):
         micro += 1
         step_now = micro == grad_accum or last
@@ -72,7 +74,8 @@ def train_epoch(model, batches, optimizer, scheduler, *, device, precision="fp32
             _optimizer_step(model, optimizer, scaler, grad_clip, rescale=grad_accum / micro)
             scheduler.step()
             micro = 0
-    return {"loss": (loss_sum / max(samples, 1)).item(), "samples": samples}
+            first_step_at = first_step_at or time.time()
+    return {"loss": (loss_sum / max(samples, 1)).item(), "samples": samples, "first_step_at": first_step_at}
 
 
 def _optimizer_step(model, optimizer, scaler, grad_clip, rescale: float):

@@ -63,17 +63,24 @@ def open_batches(config: dict, spec: JobSpec, objective, rank: int, world: int, 
     t, data, input_shape = spec.train, spec.data, tuple(config["input_shape"])
     data_of = {name: DataSpec.model_validate(d) for name, d in (config.get("data_sections") or {}).items()}
     streams, eval_sets = {}, {}
+    arrays = config.get("arrays") or {}
     for name in config["dataset_names"]:
         d = data_of.get(name, data)
+        shard = ray.get(arrays[name]) if name in arrays else ray.train.get_dataset_shard(name)
+        if name in arrays and name in objective.train_sets:
+            # An equal share per worker, as Ray Data's split gives: the ranks take as many steps.
+            x, y = shard
+            n = len(y) // world * world
+            shard = x[rank:n:world], y[rank:n:world]
         if name in objective.train_sets:
             augment_on_data = d.augment is not None and d.augment.on == "data"   # fresh draws every epoch
             in_memory = d.keep_in_memory and not augment_on_data or name in objective.cycled_sets
-            streams[name] = TrainBatches(ray.train.get_dataset_shard(name), batch_size=t.batch_size, in_memory=in_memory,
+            streams[name] = TrainBatches(shard, batch_size=t.batch_size, in_memory=in_memory,
                                          seed=spec.seed, rank=rank, device=device,
                                          inputs=ModelInputs(d, spec.seed, config.get("device_augment") if d is data else None),
                                          row_bytes=math.prod(input_shape))     # stored as uint8 images (float: 4x)
         else:
-            eval_sets[name] = EvalBatches(ray.train.get_dataset_shard(name),
+            eval_sets[name] = EvalBatches(shard,
                                           batch_size=eval_batch_size(t.batch_size, input_shape),
                                           in_memory=d.keep_in_memory, rank=rank, world_size=world, device=device,
                                           inputs=ModelInputs(d, spec.seed))
@@ -176,6 +183,7 @@ def train_worker(config: dict) -> dict:
             "lr": scheduler.get_last_lr()[0],
             "samples_per_s": train["samples"] * world / train_s, "train_s": train_s,
             "epoch_s": time.perf_counter() - start, "params": config.get("params"),
+            **({"first_step_at": train["first_step_at"]} if epoch == epochs_done else {}),   # this run's
         }
         best.update(model, row)
         stopped = bool(patience and patience.update(row))

@@ -1,0 +1,49 @@
+"""`bigmodel-ray up` / `down`: a Ray kept running on this machine, that runs attach to, with its
+own token, and that `down` stops to the last process (never `ray stop`)."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from bigmodel_ray import local_ray
+from bigmodel_ray.cli import main
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "local-ray"
+    monkeypatch.setenv(local_ray.STATE_ENV, str(folder))
+    return folder
+
+
+def test_up_serves_runs_behind_its_token_and_down_stops_every_process(state_dir, tiny_job, tmp_path, capsys):
+    assert main(["up", "--cpus", "3", "--object-store-mb", "256"]) == 0
+    try:
+        ray = local_ray.running()
+        assert ray is not None and local_ray.processes(ray.temp_dir)
+        assert (Path(ray.token_path).stat().st_mode & 0o777) == 0o600
+        with pytest.raises(urllib.error.HTTPError) as refused:          # the Jobs API wants the token
+            urllib.request.urlopen(f"{ray.dashboard}/api/jobs/", timeout=10)
+        assert refused.value.code == 401
+        assert main(["up"]) == 2 and "already up" in capsys.readouterr().err
+
+        job = tiny_job("attached", train={"epochs": 1})
+        run = subprocess.run([sys.executable, "-m", "bigmodel_ray", "run", str(job)], cwd=ROOT, env=dict(os.environ),
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.splitlines()[0] == f"attached to the local Ray at {ray.address} (bigmodel-ray up)"
+        assert json.loads((tmp_path / "runs" / "attached" / "result.json").read_text())["epochs"] == 1
+        assert local_ray.processes(ray.temp_dir), "the run took the local Ray down with it"
+    finally:
+        assert main(["down"]) == 0
+    assert local_ray.processes(ray.temp_dir) == [] and local_ray.running() is None
+    assert not (state_dir / local_ray.TOKEN_FILE).exists() and not Path(ray.temp_dir).exists()
+    capsys.readouterr()
+    assert main(["down"]) == 0 and capsys.readouterr().out.strip() == "no local Ray is up"
