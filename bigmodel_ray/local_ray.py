@@ -97,6 +97,9 @@ def down(say=print) -> bool:
         state = json.loads((folder / STATE_FILE).read_text())
     except (OSError, ValueError):
         return False
+    # What is killed and removed is found by this path: only ever one that `up` made.
+    if not re.fullmatch(r"/tmp/bmr-up-\w+", str(state.get("temp_dir"))):
+        raise SpecError(f"down: {folder / STATE_FILE}: temp_dir is not one that `up` made; nothing stopped")
     stop(state["temp_dir"], int(state["address"].rsplit(":", 1)[1]))
     shutil.rmtree(state["temp_dir"], ignore_errors=True)
     for name in (STATE_FILE, TOKEN_FILE):

@@ -47,3 +47,12 @@ def test_up_serves_runs_behind_its_token_and_down_stops_every_process(state_dir,
     assert not (state_dir / local_ray.TOKEN_FILE).exists() and not Path(ray.temp_dir).exists()
     capsys.readouterr()
     assert main(["down"]) == 0 and capsys.readouterr().out.strip() == "no local Ray is up"
+
+
+def test_down_stops_nothing_but_what_up_started(state_dir, capsys):
+    state_dir.mkdir()
+    (state_dir / local_ray.STATE_FILE).write_text(json.dumps({"address": "127.0.0.1:1", "temp_dir": "/",
+                                                             "dashboard": "", "token_path": "", "cpus": 1}))
+    assert main(["down"]) == 2
+    assert "temp_dir is not one that `up` made; nothing stopped" in capsys.readouterr().err
+    assert local_ray.running() is None               # and a state whose Ray does not answer is not attached to

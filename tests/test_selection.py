@@ -24,6 +24,18 @@ def test_tracker_follows_the_direction_and_ignores_nan():
     assert (up.epoch, up.value) == (2, 0.7) and (down.epoch, down.value) == (2, 0.8)   # ties keep the first
 
 
+def test_a_tie_goes_to_the_lower_validation_loss_and_is_remembered():
+    best = Tracker("val_accuracy", "max", tie_break="val_loss")
+    history = [(0.9, 0.5), (0.95, 0.3), (0.95, 0.2), (0.95, 0.25), (0.94, 0.1)]
+    for epoch, (accuracy, loss) in enumerate(history, 1):
+        best.update({"epoch": epoch, "val_accuracy": accuracy, "val_loss": loss})
+    assert (best.epoch, best.value, best.tie_value) == (3, 0.95, 0.2)
+    kept = Best("val_accuracy", "max", keep_weights=True)         # as a resumed run restores it
+    kept.restore({**vars(best), "model": {}})
+    kept.update(None, {"epoch": 6, "val_accuracy": 0.95, "val_loss": 0.21})
+    assert kept.tracker.epoch == 3
+
+
 def test_patience_counts_epochs_without_a_big_enough_gain():
     p = Patience("val_accuracy", None, patience=2, min_delta=0.05)
     stops = [p.update(row) for row in rows("val_accuracy", [0.5, 0.53, 0.54, 0.56])]
@@ -49,7 +61,7 @@ def test_best_epoch_is_tested_kept_and_remembered_when_stopping_early(ray_cluste
     first = kinds.run(load_job(job), str(job), say=lambda _: None)
     run_dir = Path(first["run_dir"])
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    best_epoch = max(history, key=lambda r: r["val_accuracy"])["epoch"]
+    best_epoch = max(history, key=lambda r: (r["val_accuracy"], -r["val_loss"]))["epoch"]    # ties: lower loss
     assert first["best"]["epoch"] == best_epoch == first["test_epoch"] and not first["stopped_early"]
     assert read_state(first["checkpoint"])["epoch"] == best_epoch         # the model the run leaves
     assert read_state(first["last_checkpoint"])["epoch"] == 3             # what a rerun continues from
@@ -85,7 +97,8 @@ def test_a_best_epoch_before_the_last_is_swapped_in_on_every_rank(ray_cluster, t
     history = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     worst = max(history, key=lambda r: r["val_loss"])["epoch"]
     assert worst == 1 and result["test_epoch"] == 1 and result["best"] == {
-        "metric": "val_loss", "mode": "max", "min_delta": 0.0, "epoch": 1, "value": history[0]["val_loss"]}
+        "metric": "val_loss", "mode": "max", "min_delta": 0.0, "epoch": 1, "value": history[0]["val_loss"],
+        "tie_break": None, "tie_value": None}
     chosen = read_state(result["checkpoint"])
     assert chosen["epoch"] == 1 and not any(k.startswith("module.") for k in chosen["model"])
     assert result["last_epoch_test_loss"] == history[-1]["last_epoch_test_loss"]

@@ -30,19 +30,27 @@ class Tracker:
     min_delta: float = 0.0
     epoch: int = 0
     value: float | None = None
+    # A metric whose lower value wins a tie (the best epoch: val_loss). Accuracy on a small
+    # validation set ties often; the first epoch to reach it is seldom the better model (seen on
+    # digits: epoch 4 and 10 at val 0.9935, test 0.970 and 1.000).
+    tie_break: str | None = None
+    tie_value: float | None = None
 
-    def improves(self, value) -> bool:
+    def improves(self, value, tie=None) -> bool:
         if value is None or not math.isfinite(value):
             return False
         if self.value is None:
             return True
+        if value == self.value and tie is not None and self.tie_value is not None:
+            return tie < self.tie_value
         return value > self.value + self.min_delta if self.mode == "max" else value < self.value - self.min_delta
 
     def update(self, row: dict) -> bool:
         if self.metric not in row:
             raise ValueError(f"{self.metric} is not reported by this run (it reports {', '.join(sorted(row))})")
-        if self.improves(row[self.metric]):
-            self.epoch, self.value = row["epoch"], float(row[self.metric])
+        tie = row.get(self.tie_break) if self.tie_break else None
+        if self.improves(row[self.metric], tie):
+            self.epoch, self.value, self.tie_value = row["epoch"], float(row[self.metric]), tie
             return True
         return False
 
@@ -74,7 +82,7 @@ class Best:
             metric, mode = (self.metric, self.mode or _mode_of(self.metric)) if self.metric else default_metric(row)
             if metric is None:
                 return
-            self.tracker = Tracker(metric, mode)
+            self.tracker = Tracker(metric, mode, tie_break="val_loss" if metric != "val_loss" else None)
         if self.tracker.update(row) and self.keep_weights:
             self.weights = _full_weights(model)
 
@@ -85,7 +93,8 @@ class Best:
 
     def restore(self, saved: dict | None) -> None:
         if saved:
-            self.tracker = Tracker(saved["metric"], saved["mode"], 0.0, saved["epoch"], saved["value"])
+            self.tracker = Tracker(saved["metric"], saved["mode"], 0.0, saved["epoch"], saved["value"],
+                                   saved.get("tie_break"), saved.get("tie_value"))
             self.weights = saved.get("model")
 
     def chosen_epoch(self, current_epoch: int) -> int:
