@@ -53,6 +53,10 @@ def filesystem(uri: str, options: dict | None = None):
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             return pafs.S3FileSystem(**({"endpoint_override": endpoint} if endpoint else {}) | options), path
         if scheme in ("gs", "gcs"):
+            # Google's client libraries read STORAGE_EMULATOR_HOST as: a local emulator, no credentials.
+            if emulator := os.environ.get("STORAGE_EMULATOR_HOST"):
+                how, _, host = emulator.rpartition("://")
+                options = {"anonymous": True, "endpoint_override": host, "scheme": how or "http"} | options
             return pafs.GcsFileSystem(**options), path
         return pafs.FileSystem.from_uri(uri)
     except TypeError as e:       # an option the filesystem does not take

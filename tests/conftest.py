@@ -15,6 +15,8 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 # A Ray that `bigmodel-ray up` keeps running on this machine is not the tests': they start their own.
 os.environ["BIGMODEL_RAY_LOCAL"] = __import__("tempfile").mkdtemp(prefix="bmr-local-")
 
+import sys  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -45,42 +47,70 @@ def _die_with_parent():
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)       # PR_SET_PDEATHSIG
 
 
+@contextmanager
+def _local_server(argv: list[str], folder: Path, what: str, env_var: str, address: str):
+    """Run `argv` (a server on 127.0.0.1) until the block ends, with `env_var` = `address`
+    meanwhile: how the project, and Ray's workers, find it. Its output goes to folder/server.log."""
+    import socket
+    import subprocess
+    import time
+
+    with (folder / "server.log").open("w") as log:
+        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        try:
+            port, deadline = int(address.rsplit(":", 1)[1]), time.time() + 60
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    assert server.poll() is None and time.time() < deadline, f"{what} did not start"
+                    time.sleep(0.1)
+            os.environ[env_var] = address
+            yield
+        finally:
+            os.environ.pop(env_var, None)
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def s3_bucket(tmp_path_factory):
     """An S3-compatible server (moto's) on 127.0.0.1 for the session, with an empty bucket;
     yields the bucket's URI. The server runs in a process of its own, stopped at the end."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
     pytest.importorskip("moto")
     import pyarrow.fs as pafs
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (tmp_path_factory.mktemp("s3") / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, "the S3 server did not start"
-                time.sleep(0.1)
-        endpoint = f"http://127.0.0.1:{port}"
-        os.environ["AWS_ENDPOINT_URL"] = endpoint           # how the project finds it (storage.py)
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with _local_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                       tmp_path_factory.mktemp("s3"), "the S3 server", "AWS_ENDPOINT_URL", endpoint):
         pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True).create_dir("runs-bucket")
         yield "s3://runs-bucket"
-    finally:
-        os.environ.pop("AWS_ENDPOINT_URL", None)
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(tmp_path_factory):
+    """A Google Cloud Storage emulator on 127.0.0.1 for the session, with an empty bucket; yields
+    the bucket's URI (STORAGE_EMULATOR_HOST names it, as for Google's own libraries)."""
+    pytest.importorskip("gcp_storage_emulator")
+    import pyarrow.fs as pafs
+
+    port = _free_port()
+    with _local_server([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                        "--port", str(port), "--in-memory"], tmp_path_factory.mktemp("gcs"), "the GCS emulator",
+                       "STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}"):
+        pafs.GcsFileSystem(anonymous=True, endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                           project_id="test").create_dir("runs-bucket")
+        yield "gs://runs-bucket"
 
 
 TINY_JOB = {

@@ -72,6 +72,26 @@ def test_a_run_in_object_storage_resumes_on_another_machine_and_exports(s3_bucke
     assert {"spec.yaml", "candidates.csv", "result.json", "candidates/1-lowrank.pt2"} <= stored, stored
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_run_in_google_cloud_storage_resumes_from_the_bucket_alone_and_exports(gcs_bucket, tiny_job, tmp_path,
+                                                                                  monkeypatch, capsys):
+    monkeypatch.setenv("BIGMODEL_RAY_CACHE", str(tmp_path / "cache"))
+    job = tiny_job("ingcs", storage=f"{gcs_bucket}/runs", train={"epochs": 1})
+    first = kinds.run(load_job(job), str(job), say=lambda _: None)
+    assert first["run_dir"] == f"{gcs_bucket}/runs/ingcs" and first["last_checkpoint"].startswith(gcs_bucket)
+    assert {"spec.yaml", "metrics.jsonl", "result.json", "model/state.pt"} <= _stored(gcs_bucket, "ingcs")
+
+    shutil.rmtree(cache_root())           # another machine: only the bucket
+    more = tiny_job("ingcs", storage=f"{gcs_bucket}/runs", train={"epochs": 2})
+    second = kinds.run(load_job(more), str(more), say=lambda _: None)
+    assert second["resumed_from_epoch"] == 1 and second["epochs"] == 2, second
+    shutil.rmtree(cache_root())
+    capsys.readouterr()
+    assert main(["export", f"{gcs_bucket}/runs/ingcs"]) == 0
+    assert "argmax agreement 1.0000" in capsys.readouterr().out
+
+
 def test_a_bucket_that_is_not_there_is_one_line(s3_bucket, tiny_job, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BIGMODEL_RAY_CACHE", str(tmp_path / "cache"))
     job = tiny_job("nowhere", storage="s3://no-such-bucket/runs")
