@@ -39,6 +39,7 @@ def test_defaults_and_overrides(tiny_job):
     ("train=7", "train: must be a mapping of keys (got 7)"),
     ("name=../escape", "name: must be letters, digits"),
     ("failure.max_failures=-2", "failure.max_failures: must be >= -1 (got -2)"),
+    ("train.class_weights=inverse", "train.class_weights: must be 'none' or 'balanced' (got 'inverse')"),
 ])
 def test_bad_values_name_file_and_key(tiny_job, override, message):
     path = tiny_job()
@@ -46,6 +47,17 @@ def test_bad_values_name_file_and_key(tiny_job, override, message):
         load_job(path, [override])
     assert str(e.value).startswith(f"{path}: {message}")
     assert "\n" not in str(e.value)
+
+
+def test_class_weights_only_where_a_classifier_takes_cross_entropy(tmp_path):
+    from bigmodel_ray.spec import validate
+
+    lm = {"name": "lm", "data": {"source": "reviews", "text": {"columns": ["Review Text"]}}, "model": {"name": "text_lm"},
+          "train": {"task": "lm", "class_weights": "balanced"}}
+    with pytest.raises(SpecError, match="train.class_weights: weighs a classifier's cross-entropy"):
+        validate(lm, "lm.yaml")
+    assert validate({"name": "ok", "data": {"source": "digits"}, "model": {"name": "mlp"},
+                     "train": {"class_weights": "balanced"}}, "ok.yaml").train.class_weights == "balanced"
 
 
 def test_unreadable_and_malformed_files(tmp_path):

@@ -34,6 +34,27 @@ def _run(model, x, y, batch, accum, opt_name="sgd", clip=None, precision="fp32")
     return train_epoch(model, batches, opt, sched, device=CPU, precision=precision, grad_accum=accum, grad_clip=clip)
 
 
+def test_balanced_class_weights_count_the_shard_and_weigh_the_loss():
+    from bigmodel_ray.train.objectives import Classify
+    from bigmodel_ray.train.shards import TrainBatches
+    from bigmodel_ray.train.worker import balanced_weights
+
+    class Inputs:
+        needs_key = False
+
+    y = np.array([0] * 8 + [1] * 2, dtype=np.int64)
+    shard = TrainBatches((np.zeros((10, 1, 4), np.float32), y), batch_size=4, in_memory=True, seed=0, rank=0,
+                         device=torch.device("cpu"), inputs=Inputs())
+    weights = balanced_weights(shard, 3, world=1)          # class 2 has no rows: weight 0
+    assert weights.tolist() == pytest.approx([10 / (3 * 8), 10 / (3 * 2), 0.0])
+    objective = Classify()
+    objective.class_weight = weights
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    weighted, _ = objective.loss(lambda x: logits, (None, torch.tensor([1, 0])))
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0]), weight=weights)
+    assert weighted.item() == pytest.approx(expected.item())
+
+
 @pytest.mark.parametrize("opt_name, clip", [("sgd", None), ("adamw", 0.5)])
 def test_grad_accumulation_matches_the_larger_batch(opt_name, clip):
     x, y = _data()

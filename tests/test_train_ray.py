@@ -46,8 +46,10 @@ def test_cli_run_ddp_end_to_end(tiny_job, tmp_path, capsys):
 
 
 def test_bf16_with_grad_accumulation_streaming(tiny_job):
-    # in_memory: false streams the Ray Data shard every epoch instead of caching it.
-    spec = load_job(tiny_job("bf16", train={"precision": "bf16", "grad_accum": 2, "batch_size": 64},
+    # in_memory: false streams the Ray Data shard every epoch instead of caching it (and once
+    # more to count its classes for the balanced loss, summed across the two workers).
+    spec = load_job(tiny_job("bf16", train={"precision": "bf16", "grad_accum": 2, "batch_size": 64,
+                                            "class_weights": "balanced"},
                              data={"source": "mnist1d", "in_memory": False}))
     result = kinds.run(spec, "bf16.yaml", say=lambda _: None)
     assert result["test_accuracy"] > 0.25                                  # chance is 0.10

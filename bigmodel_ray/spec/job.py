@@ -84,6 +84,10 @@ class JobSpec(Section):
     def _check_inputs(self):
         """Token models take text, the others images or series; a token model's vocabulary is
         the tokenizer's unless model.args says otherwise."""
+        if self.train.class_weights != "none" and (self.train.task == "lm" or self.kind not in ("train", "transfer")
+                                                   or self.kind == "transfer" and self.transfer.strategy == "dann"):
+            raise ValueError("train.class_weights: weighs a classifier's cross-entropy: kind train (task classify) "
+                             "or a transfer other than dann")
         if self.train.task == "lm" and self.kind != "train":
             raise ValueError(f"train.task: lm trains in a kind train job (kind is {self.kind}); a language model "
                              f"run can then be a transfer source or a model.init_from")

@@ -25,6 +25,7 @@ class Classify:
 
     def __init__(self, label_smoothing: float = 0.0):
         self.label_smoothing = label_smoothing
+        self.class_weight = None        # per-class weights of the loss (train.class_weights), set by the worker
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
@@ -42,7 +43,7 @@ class Classify:
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         x, y = batch
-        return F.cross_entropy(model(x).float(), y, label_smoothing=self.label_smoothing), len(y)
+        return F.cross_entropy(model(x).float(), y, weight=self.class_weight, label_smoothing=self.label_smoothing), len(y)
 
     def scores(self, num_classes: int, device) -> ClassScores:
         """What an evaluation pass sums up (train/steps.py evaluate)."""

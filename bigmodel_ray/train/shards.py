@@ -46,6 +46,19 @@ class TrainBatches:
         self.shuffle_rows = max(4 * batch_size, min(1024, (64 << 20) // max(row_bytes, 1)))
         self._cache = None
 
+    def label_counts(self, num_classes: int) -> torch.Tensor:
+        """Rows per class in this worker's shard (a streamed shard is read once more for it)."""
+        if self.in_memory:
+            if self._cache is None:
+                self._cache = _materialize(self.shard, self.device, self.inputs.needs_key)
+            labels = [self._cache[1]]
+        else:
+            labels = [y for _, y in _iter_stored(self.shard, _READ_BATCH, self.device)]
+        counts = torch.zeros(num_classes, dtype=torch.int64, device=self.device)
+        for y in labels:
+            counts += torch.bincount(y, minlength=num_classes)[:num_classes]
+        return counts
+
     def epoch(self, epoch: int):
         # Order depends only on (seed, epoch, rank): a resumed run sees the same batches.
         order_seed = (self.seed * 1_000_003 + epoch) * 1_009 + self.rank

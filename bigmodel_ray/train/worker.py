@@ -139,6 +139,8 @@ def train_worker(config: dict) -> dict:
     pipeline_state = config.get("pipeline_state")
     streams, eval_sets = open_batches(config, spec, objective, rank, world, device)
     micro_batches = config["micro_batches"]
+    if getattr(t, "class_weights", "none") == "balanced":
+        objective.class_weight = balanced_weights(streams["train"], num_classes, world)
 
     def run_eval(name, eval_model):
         # DDP's forward broadcasts buffers (a collective): the objective hands the inner module,
@@ -214,6 +216,17 @@ def train_worker(config: dict) -> dict:
             "best": {k: v for k, v in (best.state() or {}).items() if k != "model"} or None,
             "rank_param_checksums": _rank_checksums(model, t.strategy, world),
             "rank_nodes": _gather(ray.get_runtime_context().get_node_id(), world)}
+
+
+def balanced_weights(train, num_classes: int, world: int) -> torch.Tensor:
+    """rows / (classes x rows of the class) over the whole train split (summed across workers);
+    0 for a class with no train rows."""
+    counts = train.label_counts(num_classes)
+    if world > 1:
+        torch.distributed.all_reduce(counts)
+    counts = counts.double()
+    weights = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), 0.0)
+    return weights.float()
 
 
 def share_buffers(model, world: int) -> None:
