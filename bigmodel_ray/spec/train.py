@@ -90,8 +90,8 @@ class TrainSpec(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy's label smoothing")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="balanced: each class's cross-entropy weighted by rows / (classes x its train rows), "
-                            "as scikit-learn's class_weight='balanced' (rare classes count more: a better macro-F1 "
-                            "on imbalanced labels); counted over the whole train split before the first step")
+                            "as scikit-learn's class_weight='balanced' (rare classes count more); counted over the "
+                            "whole train split before the first step")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="bf16: autocast (CPU or GPU); fp16: autocast + GradScaler (GPU only)")
     strategy: Literal["ddp", "fsdp"] = Field(
