@@ -2,9 +2,10 @@
 own token, and that `down` stops to the last process (never `ray stop`)."""
 
 import json
-import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,13 +35,29 @@ def test_up_serves_runs_behind_its_token_and_down_stops_every_process(state_dir,
         assert refused.value.code == 401
         assert main(["up"]) == 2 and "already up" in capsys.readouterr().err
 
-        job = tiny_job("attached", train={"epochs": 1})
-        run = subprocess.run([sys.executable, "-m", "bigmodel_ray", "run", str(job)], cwd=ROOT, env=dict(os.environ),
-                             capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-2000:]
-        assert run.stdout.splitlines()[0] == f"attached to the local Ray at {ray.address} (bigmodel-ray up)"
-        assert json.loads((tmp_path / "runs" / "attached" / "result.json").read_text())["epochs"] == 1
-        assert local_ray.processes(ray.temp_dir), "the run took the local Ray down with it"
+        # A run attaches, is stopped by Ctrl-C (one line: where, and the command that resumes
+        # it; exit 130), and the same command with more epochs resumes it; `up` lives on.
+        job = tiny_job("attached", train={"epochs": 20, "batch_size": 32})
+        metrics = tmp_path / "runs" / "attached" / "metrics.jsonl"
+        run = subprocess.Popen([sys.executable, "-m", "bigmodel_ray", "run", str(job)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert run.poll() is None and time.time() < deadline, run.communicate()[1][-2000:]
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 130, err[-2000:]
+        assert out.splitlines()[0] == f"attached to the local Ray at {ray.address} (bigmodel-ray up)"
+        stopped = max(json.loads(line)["epoch"] for line in metrics.read_text().splitlines())
+        assert err.strip() == (f"interrupted after epoch {stopped} in {metrics.parent}: `bigmodel-ray run {job}` "
+                               f"resumes it from its last checkpoint")
+        rerun = subprocess.run([sys.executable, "-m", "bigmodel_ray", "run", str(job), "--set",
+                                f"train.epochs={stopped + 1}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        result = json.loads((metrics.parent / "result.json").read_text())
+        assert result["epochs"] == stopped + 1 and result["resumed_from_epoch"] == stopped, result
+        assert local_ray.processes(ray.temp_dir), "the runs took the local Ray down with them"
     finally:
         assert main(["down"]) == 0
     assert local_ray.processes(ray.temp_dir) == [] and local_ray.running() is None
