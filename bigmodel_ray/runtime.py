@@ -6,7 +6,6 @@ import math
 import os
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -123,6 +122,4 @@ def _use_token(path) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return local_ray.free_ports(1)[0]

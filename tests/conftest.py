@@ -74,14 +74,6 @@ def _local_server(argv: list[str], folder: Path, what: str, env_var: str, addres
             server.wait(timeout=30)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_bucket(tmp_path_factory):
     """An S3-compatible server (moto's) on 127.0.0.1 for the session, with an empty bucket;
@@ -89,7 +81,9 @@ def s3_bucket(tmp_path_factory):
     pytest.importorskip("moto")
     import pyarrow.fs as pafs
 
-    port = _free_port()
+    from bigmodel_ray.runtime import free_port
+
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with _local_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                        tmp_path_factory.mktemp("s3"), "the S3 server", "AWS_ENDPOINT_URL", endpoint):
@@ -104,7 +98,9 @@ def gcs_bucket(tmp_path_factory):
     pytest.importorskip("gcp_storage_emulator")
     import pyarrow.fs as pafs
 
-    port = _free_port()
+    from bigmodel_ray.runtime import free_port
+
+    port = free_port()
     with _local_server([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
                         "--port", str(port), "--in-memory"], tmp_path_factory.mktemp("gcs"), "the GCS emulator",
                        "STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}"):

@@ -139,7 +139,7 @@ def train_worker(config: dict) -> dict:
     pipeline_state = config.get("pipeline_state")
     streams, eval_sets = open_batches(config, spec, objective, rank, world, device)
     micro_batches = config["micro_batches"]
-    if getattr(t, "class_weights", "none") == "balanced":
+    if t.class_weights == "balanced":
         objective.class_weight = balanced_weights(streams["train"], num_classes, world)
 
     def run_eval(name, eval_model):
