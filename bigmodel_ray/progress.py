@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 # Validation metrics shown per epoch, where the run's task reports them
 SHOWN = {"val_loss": "val_loss", "val_accuracy": "val_acc", "val_f1": "val_f1", "val_perplexity": "val_ppl",
-         "val_bpc": "val_bpc"}
+         "val_bpc": "val_bpc", "val_rmse": "val_rmse", "val_mae": "val_mae", "val_hr10": "val_hr10",
+         "val_ndcg10": "val_ndcg10"}
 
 
 def format_epoch(row: dict, epochs: int) -> str:

@@ -31,7 +31,7 @@ def test_defaults_and_overrides(tiny_job):
     ("train.epochz=3", "train.epochz: unknown key"),
     ("train.precision=fp8", "train.precision: must be 'fp32', 'bf16' or 'fp16' (got 'fp8')"),
     ("model.name=resnet999", "model.name: must be one of mlp | cnn1d | cnn2d | transformer | text_transformer | text_lm | hf "
-                             "(got 'resnet999')"),
+                             "| mf | neumf | two_tower (got 'resnet999')"),
     ("model.args.width=3", "model.args: unknown argument 'width' for model 'cnn1d'"),
     ("data.source=imagenet", "data.source: must be one of"),
     ("resources.use_gpu=maybe", "resources.use_gpu: must be true, false or auto (got 'maybe')"),

@@ -1,4 +1,4 @@
-"""`bigmodel-ray` command line: run jobs here or on a Ray cluster; prepare data; export, predict, generate.
+"""`bigmodel-ray` command line: run jobs here or on a Ray cluster; prepare data; export, predict, generate, recommend.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, no traceback);
 `submit --follow` / `logs --follow` mirror the cluster job's (3 when it was stopped).
@@ -16,6 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     from bigmodel_ray.cli.export import add_parser as add_export_parser
     from bigmodel_ray.cli.generate import add_parser as add_generate_parser
     from bigmodel_ray.cli.predict import add_parser as add_predict_parser
+    from bigmodel_ray.cli.recommend import add_parser as add_recommend_parser
 
     p = argparse.ArgumentParser(prog="bigmodel-ray", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_export_parser(sub)
     add_generate_parser(sub)
+    add_recommend_parser(sub)
     add_predict_parser(sub)
     return p
 
@@ -169,6 +171,10 @@ def main(argv=None) -> int:
             from bigmodel_ray.cli import generate
 
             return generate.run(args)
+        elif args.command == "recommend":
+            from bigmodel_ray.cli import recommend
+
+            return recommend.run(args)
         elif args.command == "predict":
             from bigmodel_ray.cli import predict
 

@@ -4,12 +4,13 @@
 stored rows per split; `pipeline.py` turns them into worker batches in Ray Data tasks (decode,
 augment the train split; `x` uint8 images or float32 series); workers scale and normalize on
 their device (train/inputs.py). `load_data` puts the two together for a job; text sources
-(text.py) read, tokenize and split rows in their own Ray Data tasks.
+(text.py) read, tokenize and split rows in their own Ray Data tasks; interactions
+(interactions.py) are read on the driver and handed to the workers as arrays.
 """
 
 from bigmodel_ray.data.bundle import DataBundle
 
-SOURCES = ("digits", "mnist1d", "synthetic", "image_folder", "parquet", "text", "reviews")
+SOURCES = ("digits", "mnist1d", "synthetic", "image_folder", "parquet", "text", "reviews", "interactions", "movielens")
 BLOCK_BYTES = 32 << 20
 __all__ = ["DataBundle", "SOURCES", "check_path", "load_data", "open_pipeline", "open_source"]
 
@@ -29,12 +30,12 @@ def check_path(data_spec) -> None:
 
     if data_spec.source == "image_folder":
         sources.check_folder(data_spec)
-    if data_spec.source in ("parquet", "text") and "://" not in data_spec.path:
+    if data_spec.source in ("parquet", "text", "interactions") and "://" not in data_spec.path:
         parquet.parquet_layout(data_spec.path)
-    if data_spec.source == "reviews":
+    if data_spec.source in ("reviews", "movielens"):
         from bigmodel_ray.data.fetch import path_of
 
-        path_of("reviews")
+        path_of(data_spec.source)
 
 
 def open_pipeline(data_spec, seed: int = 0):
@@ -87,6 +88,10 @@ def load_data(data_spec, seed: int = 0, state=None, task: str = "classify") -> D
         from bigmodel_ray.data.text import load_text
 
         return load_text(data_spec, state, task)
+    if data_spec.interactions is not None:
+        from bigmodel_ray.data.interactions import load_interactions
+
+        return load_interactions(data_spec, task)
     source, fmt, input_shape, transform, device_aug = open_pipeline(data_spec, seed)
     datasets, has_tasks, arrays = {}, False, {}
     for name, ds in source.splits.items():

@@ -23,6 +23,8 @@ class DataBundle:
     # sets kept in memory whose rows pass as they are. A run then starts without Ray Data's
     # coordinator actors (a process each: seconds per run on a small machine).
     arrays: dict[str, tuple] = field(default_factory=dict)
+    reference: dict[str, float] = field(default_factory=dict)  # baselines result.json reports beside the model's
+    model_args: dict[str, int] = field(default_factory=dict)   # sizes only the data knows (users, items)
 
     def handed_over(self) -> tuple[dict, dict]:
         """(the Ray Datasets for Ray Train to split, object refs of the arrays the workers read)."""
@@ -30,4 +32,3 @@ class DataBundle:
 
         refs = {name: ray.put(xy) for name, xy in self.arrays.items()}
         return {name: ds for name, ds in self.datasets.items() if name not in refs}, refs
-    reference: dict[str, float] = field(default_factory=dict)  # baselines result.json reports beside the model's

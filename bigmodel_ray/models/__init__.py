@@ -20,12 +20,17 @@ MODELS: dict[str, str] = {
     "text_transformer": "text:TextTransformer",    # token ids (text sources)
     "text_lm": "text:TextLM",                      # token ids -> next-token logits (train.task: lm)
     "hf": "hf:HFClassifier",                       # a local Hugging Face model folder (args.path), token ids
+    "mf": "recsys:MatrixFactorization",            # user and item ids (interaction sources)
+    "neumf": "recsys:NeuMF",
+    "two_tower": "recsys:TwoTower",
 }
 
 LANGUAGE_MODELS = ("text_lm",)      # trained with train.task: lm
 # Models that read their own weights from a folder when built: they cannot be built on the meta
 # device (nothing to size them by but that folder, which holds them already).
 FROM_FOLDER = ("hf",)
+# Arguments that the data sets, never the job file: the sizes of a recommender's tables.
+DATA_ARGS = frozenset({"num_users", "num_items"})
 # A language model's classifier counterpart: the same parameters but the head (fine-tuning from an LM)
 CLASSIFIER_OF = {"text_lm": "text_transformer"}
 
@@ -44,16 +49,25 @@ def takes_tokens(name: str) -> bool:
     return "vocab_size" in model_arg_names(name)
 
 
+def takes_interactions(name: str) -> bool:
+    """Whether the model reads [user, item, ...] ids (a recommender)."""
+    return DATA_ARGS <= _init_args(name)
+
+
 @functools.cache
 def model_arg_names(name: str) -> frozenset[str]:
     """Keyword arguments a model accepts from the YAML: its __init__'s, read from its source
-    (what inspect.signature says of the class, without importing torch)."""
+    (what inspect.signature says of the class, without importing torch), but those the data sets."""
+    return _init_args(name) - {"input_shape", "num_classes"} - DATA_ARGS
+
+
+@functools.cache
+def _init_args(name: str) -> frozenset[str]:
     module, cls = MODELS[name].split(":")
     tree = ast.parse(files(__name__).joinpath(f"{module}.py").read_text())
     init = next(f for c in tree.body if isinstance(c, ast.ClassDef) and c.name == cls
                 for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
-    params = [a.arg for a in init.args.args[1:] + init.args.kwonlyargs]
-    return frozenset(params) - {"input_shape", "num_classes"}
+    return frozenset(a.arg for a in init.args.args[1:] + init.args.kwonlyargs)
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs):

@@ -33,11 +33,8 @@ class TrainedRun:
         return "series" if len(self.input_shape) == 2 else "images"
 
 
-def open_run(folder: Path) -> TrainedRun:
-    """The run in `folder`, its model loaded once here so that a checkpoint that is not one
-    classifier is refused in one line before Ray starts."""
-    if not folder.is_dir():
-        raise SpecError(f"{folder}: no such run folder")
+def read_run_job(folder: Path) -> dict:
+    """The run folder's spec.yaml, as a mapping (not validated)."""
     spec_file = folder / runs.SPEC_FILE
     try:
         job = read_yaml(spec_file)
@@ -45,6 +42,20 @@ def open_run(folder: Path) -> TrainedRun:
         raise SpecError(f"{spec_file}: not a run folder's spec ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(job, dict):
         raise SpecError(f"{spec_file}: not a run folder's spec (a mapping of sections)")
+    return job
+
+
+def read_run_data(folder: Path) -> DataSpec:
+    """The run's data section, validated."""
+    return validate_section(DataSpec, read_run_job(folder).get("data"), str(folder / runs.SPEC_FILE), "data")
+
+
+def open_run(folder: Path) -> TrainedRun:
+    """The run in `folder`, its model loaded once here so that a checkpoint that is not one
+    classifier is refused in one line before Ray starts."""
+    if not folder.is_dir():
+        raise SpecError(f"{folder}: no such run folder")
+    job, spec_file = read_run_job(folder), folder / runs.SPEC_FILE
     if job.get("search"):
         raise SpecError(f"{folder}: a sweep; predict takes one run (run the sweep's best.yaml for one)")
     if job.get("kind", "train") not in KINDS:

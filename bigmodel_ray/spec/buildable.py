@@ -25,12 +25,16 @@ BUILTIN_INPUTS = {"digits": ((1, 8, 8), 10), "mnist1d": ((1, 40), 10)}
 NOMINAL_SIDE, NOMINAL_CLASSES = 224, 2
 # 400 GB of fp32 weights: a typo in a width, not a model this toolkit trains.
 MAX_PARAMS = 10**11
+# A recommender's tables, sized by the data: a nominal size (only the other arguments are checked).
+NOMINAL_DATA_ARGS = {"num_users": 1000, "num_items": 1000}
 # Reads a model folder (args.path) to build: checked when the run builds it.
 NOT_CHECKED = ("hf",)
 
 
 def implied_inputs(data) -> tuple[tuple[int, ...], int]:
     """(input shape, classes) of a data section, nominal where only the data would tell."""
+    if data.interactions is not None:       # [user, item] ids; tables sized by NOMINAL_DATA_ARGS
+        return (2,), 1
     if data.text is not None:
         return (data.text.max_length,), NOMINAL_CLASSES
     if data.source in BUILTIN_INPUTS:
@@ -49,8 +53,11 @@ def check_buildable(model, data) -> None:
     """Raise ValueError saying why `model` (a ModelSpec) cannot be built for `data`'s inputs."""
     if model.name in NOT_CHECKED:
         return
+    from bigmodel_ray.models import takes_interactions
+
     shape, classes = implied_inputs(data)
-    problem = _problem(model.name, shape, classes, json.dumps(model.args, sort_keys=True))
+    args = {**model.args, **(NOMINAL_DATA_ARGS if takes_interactions(model.name) else {})}
+    problem = _problem(model.name, shape, classes, json.dumps(args, sort_keys=True))
     if problem:
         raise ValueError(problem)
 

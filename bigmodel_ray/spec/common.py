@@ -10,7 +10,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 # What an epoch of a Ray Train run reports that a search may optimize (test metrics are
 # reported too but never selected on: choosing by test accuracy leaks the test set).
 EPOCH_METRICS = frozenset({"val_accuracy", "val_f1", "val_loss", "train_loss", "params", "epoch_s", "samples_per_s",
-                           "val_perplexity", "val_bpc"})       # the last two: train.task lm
+                           "val_perplexity", "val_bpc",        # train.task lm
+                           "val_rmse", "val_mae", "val_hr10", "val_ndcg10"})    # rating, ranking
 
 
 @dataclass(frozen=True)

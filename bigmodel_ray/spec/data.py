@@ -77,7 +77,26 @@ class TextSpec(Section):
                                                          "from it); [PAD] must be id 0; vocab_size must cover it")
 
 
-FILE_SOURCES = ("parquet", "image_folder", "text")
+class InteractionsSpec(Section):
+    """User-item interactions for recommenders (data/interactions.py); movielens fills the columns."""
+    user_column: str = Field("user", max_length=200, description="user ids (any type)")
+    item_column: str = Field("item", max_length=200, description="item ids (any type)")
+    rating_column: str | None = Field("rating", max_length=200, description="explicit ratings (train.task: rating); "
+                                                                          "null for implicit feedback")
+    time_column: str | None = Field(None, max_length=200, description="timestamps (split: leave_last_out)")
+    split: Literal["random", "leave_last_out"] = Field("random", description=(
+        "random: rows by hash (test_fraction, val_fraction); leave_last_out: each user's last interaction is test, "
+        "the one before it val"))
+    negatives: int = Field(99, ge=1, le=10_000, description="train.task: ranking — items the user never interacted "
+                                                            "with, ranked against each held-out one (HR@10, NDCG@10)")
+    train_negatives: int = Field(4, ge=1, le=1_000, description="train.task: ranking — random items drawn per "
+                                                                "interaction while training")
+
+
+FILE_SOURCES = ("parquet", "image_folder", "text", "interactions")
+INTERACTION_SOURCES = ("interactions", "movielens")     # movielens: `bigmodel-ray data fetch movielens`
+MOVIELENS_COLUMNS = {"user_column": "user_id", "item_column": "movie_id", "rating_column": "rating",
+                     "time_column": "timestamp"}
 TEXT_SOURCES = ("text", "reviews")     # reviews: `bigmodel-ray data fetch reviews`, real e-commerce reviews
 REVIEW_COLUMNS = ["Title", "Review Text"]
 
@@ -118,6 +137,8 @@ class DataSpec(Section):
     shift: ShiftSpec | None = Field(None, description="a shifted copy of the data (a target domain), any source")
     text: TextSpec | None = Field(None, description="text sources: the text columns and the tokenizer (reviews: "
                                                     "[Title, Review Text] by default)")
+    interactions: InteractionsSpec | None = Field(None, description="interaction sources: columns and split "
+                                                                    "(movielens: its columns by default)")
     generator: dict[str, Any] | None = Field(
         None, description="mnist1d: arguments of the mnist1d generator that change the data, e.g. {scale_coeff: 0.6, "
                           "iid_noise_scale: 0.1, corr_noise_scale: 0.5, shear_scale: 1.2, max_translation: 60, seed: 7}")
@@ -134,6 +155,12 @@ class DataSpec(Section):
     def _review_columns(cls, v):
         if isinstance(v, dict) and v.get("source") == "reviews" and v.get("text") is None:
             v = {**v, "text": {"columns": REVIEW_COLUMNS}}
+        if isinstance(v, dict) and v.get("source") == "movielens":
+            given = v.get("interactions") or {}
+            if isinstance(given, dict):
+                v = {**v, "interactions": {**MOVIELENS_COLUMNS, **given}}
+        if isinstance(v, dict) and v.get("source") == "interactions" and v.get("interactions") is None:
+            v = {**v, "interactions": {}}
         return v
 
     @model_validator(mode="after")
@@ -145,9 +172,13 @@ class DataSpec(Section):
         if (self.source in TEXT_SOURCES) != (self.text is not None):
             raise ValueError(f"text: {'required' if self.text is None else 'only'} for text sources "
                              f"({' | '.join(TEXT_SOURCES)}; source is {self.source})")
+        if (self.source in INTERACTION_SOURCES) != (self.interactions is not None):
+            raise ValueError(f"interactions: only for sources {' | '.join(INTERACTION_SOURCES)} (source is {self.source})")
         for key in ("augment", "shift", "normalize"):
-            if self.text is not None and getattr(self, key) is not None:
-                raise ValueError(f"{key}: for images and series, not text")
+            if (self.text is not None or self.interactions is not None) and getattr(self, key) is not None:
+                raise ValueError(f"{key}: for images and series, not {'text' if self.text else 'interactions'}")
+        if self.interactions is not None and self.in_memory is False:
+            raise ValueError("in_memory: interactions are always kept in memory (ids: a few bytes per row)")
         if self.split_column is not None and self.source not in ("parquet", "text"):
             raise ValueError(f"split_column: for sources parquet and text (source is {self.source})")
         if self.image_format == "raw" and self.image_shape is None:
@@ -171,5 +202,7 @@ class DataSpec(Section):
     @property
     def keep_in_memory(self) -> bool:
         # auto: the built-in sets and the reviews (token ids: ~12 MB): small enough for every worker
+        if self.interactions is not None:
+            return True
         return self.source in ("digits", "mnist1d", "reviews") if self.in_memory == "auto" else self.in_memory
 

@@ -11,7 +11,7 @@ from pydantic_core import PydanticSerializationError
 
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.kinds import KINDS
-from bigmodel_ray.models import LANGUAGE_MODELS, takes_tokens
+from bigmodel_ray.models import LANGUAGE_MODELS, takes_interactions, takes_tokens
 from bigmodel_ray.spec.buildable import check_buildable
 from bigmodel_ray.spec.common import EPOCH_METRICS, MAX_SEED, KindSection, PathStr, Section
 from bigmodel_ray.spec.compress import CompressSpec
@@ -82,24 +82,33 @@ class JobSpec(Section):
         return self
 
     def _check_inputs(self):
-        """Token models take text, the others images or series; a token model's vocabulary is
-        the tokenizer's unless model.args says otherwise."""
-        if self.train.class_weights != "none" and (self.train.task == "lm" or self.kind not in ("train", "transfer")
+        """Token models take text, recommenders interactions, the others images or series; the
+        task fits the model; a token model's vocabulary is the tokenizer's unless model.args says
+        otherwise."""
+        task = self.train.task
+        if self.train.class_weights != "none" and (task != "classify" or self.kind not in ("train", "transfer")
                                                    or self.kind == "transfer" and self.transfer.strategy == "dann"):
             raise ValueError("train.class_weights: weighs a classifier's cross-entropy: kind train (task classify) "
                              "or a transfer other than dann")
-        if self.train.task == "lm" and self.kind != "train":
-            raise ValueError(f"train.task: lm trains in a kind train job (kind is {self.kind}); a language model "
-                             f"run can then be a transfer source or a model.init_from")
+        if task != "classify" and self.kind != "train":
+            raise ValueError(f"train.task: {task} trains in a kind train job (kind is {self.kind})"
+                             + ("; a language model run can then be a transfer source or a model.init_from"
+                                if task == "lm" else ""))
         if self.model is None or self.data is None:
             return
-        text = self.data.text
-        if takes_tokens(self.model.name) != (text is not None):
-            raise ValueError(f"model: {self.model.name} takes {'token ids' if text is None else 'images or series'}, "
-                             f"and data.source {self.data.source} gives {'text' if text else 'images or series'}")
-        if (self.train.task == "lm") != (self.model.name in LANGUAGE_MODELS):
-            raise ValueError(f"train.task: {self.train.task} trains "
-                             f"{' | '.join(LANGUAGE_MODELS) if self.train.task == 'lm' else 'classifiers'}, "
+        text, name = self.data.text, self.model.name
+        takes = "token ids" if takes_tokens(name) else "user and item ids" if takes_interactions(name) else "images or series"
+        gives = "text" if text else "interactions" if self.data.interactions else "images or series"
+        if {"token ids": "text", "user and item ids": "interactions"}.get(takes, "images or series") != gives:
+            raise ValueError(f"model: {name} takes {takes}, and data.source {self.data.source} gives {gives}")
+        if (task in ("rating", "ranking")) != (gives == "interactions"):
+            raise ValueError(f"train.task: {task} does not train on {gives}"
+                             + (" (recommenders: rating or ranking)" if gives == "interactions" else ""))
+        if gives == "interactions":
+            return
+        if (task == "lm") != (name in LANGUAGE_MODELS):
+            raise ValueError(f"train.task: {task} trains "
+                             f"{' | '.join(LANGUAGE_MODELS) if task == 'lm' else 'classifiers'}, "
                              f"and model.name is {self.model.name}")
         if text is not None:
             vocab = self.model.args.setdefault("vocab_size", text.vocab_size)

@@ -15,6 +15,8 @@ OBJECTIVES = {"val_accuracy": "max", "val_f1": "max", "val_loss": "min", "train_
               "params": "min", "epoch_s": "min", "samples_per_s": "max",
               # a language model's (train.task: lm)
               "val_perplexity": "min", "val_bpc": "min",
+              # a recommender's (train.task: rating, ranking)
+              "val_rmse": "min", "val_mae": "min", "val_hr10": "max", "val_ndcg10": "max",
               # what a compressed candidate reports
               "bytes": "min", "nonzeros": "min", "latency_ms_bs1": "min"}
 

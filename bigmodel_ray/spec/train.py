@@ -80,9 +80,11 @@ class FailureSpec(Section):
 
 
 class TrainSpec(Section):
-    task: Literal["classify", "lm"] = Field(
+    task: Literal["classify", "lm", "rating", "ranking"] = Field(
         "classify", description="classify: the label column's classes; lm: a causal language model of the text "
-                                "(next-token loss; reports perplexity and bits per character; model text_lm)")
+                                "(next-token loss; reports perplexity and bits per character; model text_lm); "
+                                "rating: predict interactions' ratings (RMSE, MAE); ranking: rank each held-out "
+                                "interaction's item among sampled negatives (HR@10, NDCG@10); both: recommenders")
     epochs: int = Field(10, gt=0, le=MAX_EPOCHS, description="passes over the training data")
     batch_size: int = Field(64, gt=0, le=MAX_BATCH, description="per worker and micro-step")
     grad_accum: int = Field(1, gt=0, le=MAX_BATCH, description="micro-steps per optimizer step")

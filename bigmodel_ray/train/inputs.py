@@ -15,6 +15,7 @@ import torch
 class ModelInputs:
     def __init__(self, data_spec, seed: int, device_augment_cfg=None):
         self.tokens = data_spec.text is not None
+        self.ids = data_spec.interactions is not None     # [user, item, ...]: passed as they are
         norm = data_spec.normalize
         self.mean = torch.tensor(norm.mean) if norm else None
         self.std = torch.tensor(norm.std) if norm else None
@@ -24,6 +25,8 @@ class ModelInputs:
         if self.tokens:     # token ids padded to max_length with 0: trim to the batch's longest row
             width = int((x != 0).sum(1).max()) if len(x) else 1
             return x[:, :max(width, 1)].long()
+        if self.ids:
+            return x
         x = x.float().mul_(1 / 255) if x.dtype == torch.uint8 else x.float()
         if self.augment_cfg is not None and key is not None:
             from bigmodel_ray.data.pipeline import device_augment

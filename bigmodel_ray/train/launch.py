@@ -29,8 +29,8 @@ from bigmodel_ray.progress import EpochPrinter
 from bigmodel_ray.spec import DataSpec, JobSpec, dump
 from bigmodel_ray.train.epoch_log import EpochLog
 from bigmodel_ray.train.init import init_from
-from bigmodel_ray.train.objectives import Classify
 from bigmodel_ray.train.state import MODEL_DIR, save_chosen
+from bigmodel_ray.train.tasks import task_objective
 from bigmodel_ray.train.worker import train_worker
 
 
@@ -58,28 +58,19 @@ def plan_classifier(spec: JobSpec, source: str) -> Plan:
     check_data_cpus(data, spec.resources, source)
     torch.manual_seed(spec.seed)          # as the workers do: the same fresh weights where init_from has none
     try:   # the model's own argument checks, before any worker starts
-        model = build_model(spec.model.name, data.input_shape, data.num_classes, **spec.model.args)
+        model = build_model(spec.model.name, data.input_shape, data.num_classes, **spec.model.args, **data.model_args)
     except (TypeError, ValueError) as e:
         raise SpecError(f"{source}: model.args: {e}") from None
-    extra = {}
+    extra = {"model_args": data.model_args} if data.model_args else {}
     if spec.model.init_from is not None:   # checked here, in one line; the workers start from this model
         try:
             init_from(model, spec.model.init_from, spec.model.init_strict)
         except ValueError as e:
             raise SpecError(f"{source}: model.init_from: {e}") from None
         extra["initial_model"] = model
-    objective = task_objective(spec)
+    objective = task_objective(spec, data)
     return Plan(data, use_gpu, micro_batches(objective, data, spec), sum(p.numel() for p in model.parameters()), state,
                 objective, extra=extra)
-
-
-def task_objective(spec: JobSpec):
-    """What `train.task` optimizes: the label's classes, or the text's next token."""
-    if spec.train.task == "lm":
-        from bigmodel_ray.train.lm import NextToken
-
-        return NextToken()
-    return Classify(spec.train.label_smoothing)
 
 
 def needs_pipeline_state(*sections: DataSpec) -> bool:
@@ -153,7 +144,7 @@ def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, sto
     from ray.train.torch import TorchTrainer
 
     res = spec.resources
-    objective = objective or plan.objective or task_objective(spec)
+    objective = objective or plan.objective or task_objective(spec, plan.data)
     datasets, arrays = plan.data.handed_over()
     return TorchTrainer(
         train_worker,
@@ -269,7 +260,8 @@ def _save_chosen(checkpoint, folder: Path) -> Path:
 
 
 # The test metrics a finished run prints (those its task reports)
-HEADLINE = ("test_accuracy", "test_f1", "test_perplexity", "test_bpc", "test_gzip_bpc")
+HEADLINE = ("test_accuracy", "test_f1", "test_perplexity", "test_bpc", "test_gzip_bpc", "test_rmse", "test_mae",
+            "test_hr10", "test_ndcg10")
 
 
 def _ingest_options(res):

@@ -61,10 +61,13 @@ class Tracker:
 
 def default_metric(row: dict) -> tuple[str, str] | tuple[None, None]:
     """What "best" means when the job does not say: accuracy if the run reports one (a multitask
-    run: its first task's), else the validation loss; None when it reports neither."""
+    run: its first task's), a ranking's HR@10, else the validation loss (a rating's: its MSE);
+    None when it reports none of them."""
     accuracies = [k for k in row if k.startswith("val_") and k.endswith("accuracy")]
     if accuracies:
         return ("val_accuracy" if "val_accuracy" in row else accuracies[0]), "max"
+    if "val_hr10" in row:
+        return "val_hr10", "max"
     return ("val_loss", "min") if "val_loss" in row else (None, None)
 
 

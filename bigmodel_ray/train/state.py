@@ -10,7 +10,7 @@ import pickle
 import random
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -133,7 +133,7 @@ def load_model(directory: str | Path, task: str | None = None) -> "torch.nn.Modu
     state = read_state(directory)
     meta, weights = checked_meta(state.get("meta"), Path(directory) / STATE_FILE), state["model"]
     build = partial(bounded_build, Path(directory) / STATE_FILE, weights, meta["model"]["name"],
-                    tuple(meta["input_shape"]), meta["model"]["args"])
+                    tuple(meta["input_shape"]), {**meta["model"]["args"], **meta["data_args"]})
     if meta.get("kind") == "multitask":
         model = _task_classifier(directory, weights, task, build)
     elif task is not None:
@@ -150,6 +150,7 @@ class CheckpointMeta(BaseModel):
     model: ModelSpec
     input_shape: list[Annotated[int, Field(ge=1, le=1 << 20)]] = Field(min_length=1, max_length=4)
     num_classes: Annotated[int, Field(ge=1, le=1 << 24)] | None = None
+    data_args: dict[Literal["num_users", "num_items"], Annotated[int, Field(ge=1, le=1 << 31)]] = {}
 
 
 def checked_meta(meta, where: Path) -> dict:

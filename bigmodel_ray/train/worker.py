@@ -102,7 +102,7 @@ def train_worker(config: dict) -> dict:
     # instead of the spec's fresh one.
     base = config.get("initial_model")
     if base is None:
-        base = build_model(spec.model.name, input_shape, num_classes, **spec.model.args)
+        base = build_model(spec.model.name, input_shape, num_classes, **spec.model.args, **config.get("model_args", {}))
     base = prepare_compute(objective.prepare(base), t, device)
     model = wrap_model(base, t.strategy, device, objective.ddp_kwargs)
     inner = model.module if isinstance(model, DistributedDataParallel) else model
@@ -142,6 +142,8 @@ def train_worker(config: dict) -> dict:
     if t.class_weights == "balanced":
         objective.class_weight = balanced_weights(streams["train"], num_classes, world)
 
+    takes_ids = getattr(spec.data, "text", None) is not None or getattr(spec.data, "interactions", None) is not None
+
     def run_eval(name, eval_model):
         # DDP's forward broadcasts buffers (a collective): the objective hands the inner module,
         # so ranks with one batch fewer never wait on each other. FSDP2 evens out forwards
@@ -149,13 +151,13 @@ def train_worker(config: dict) -> dict:
         return evaluate(eval_model, eval_sets[name], num_classes=num_classes_of(name), device=device,
                         precision=t.precision, input_shape=input_shape,
                         scores=objective.scores(num_classes_of(name), device),
-                        tokens=getattr(spec.data, "text", None) is not None)
+                        tokens=takes_ids)
 
     def num_classes_of(name):
         return config.get("num_classes_of", {}).get(name, num_classes)
 
     meta = {"model": spec.model.model_dump(), "input_shape": list(input_shape), "num_classes": num_classes,
-            "kind": spec.kind, "class_names": config.get("class_names")}
+            "kind": spec.kind, "class_names": config.get("class_names"), "data_args": config.get("model_args", {})}
     def evaluate_test(current_epoch: int) -> dict:
         """The test metrics of the chosen epoch's weights (best unless checkpoint.evaluate: last);
         when that is not the last epoch, the last one's too (`last_epoch_test_*`), to compare."""
