@@ -18,6 +18,7 @@ KINDS = {
     "compress": "bigmodel_ray.recipes.compress",
     "transfer": "bigmodel_ray.recipes.transfer",
     "multitask": "bigmodel_ray.recipes.multitask",
+    "rl": "bigmodel_ray.recipes.rl",
 }
 SWEEP = "bigmodel_ray.recipes.tune"      # any kind, when the job has a `search` block
 
@@ -53,6 +54,16 @@ class JobKind(Protocol):
 
     def finish_sweep(self, prepared: Prepared, sweep_dir, records, say) -> dict:
         """On the sweep's driver after the trials: more of the sweep's result.json."""
+
+
+def trial_cpus(spec) -> tuple[float, float]:
+    """(CPUs a sweep's trial holds besides its driver, CPUs the data pipeline takes beside all
+    trials): the Ray Train workers and Ray Data by default; a kind whose trials hold other
+    actors says so with a `trial_cpus(spec)` method of its own (rl: its env runners)."""
+    kind = get(spec.kind)
+    if hasattr(kind, "trial_cpus"):
+        return kind.trial_cpus(spec)
+    return spec.resources.workers * spec.resources.cpus_per_worker, spec.resources.data_cpus
 
 
 def get(kind: str) -> JobKind:

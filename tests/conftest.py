@@ -15,7 +15,10 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 # A Ray that `bigmodel-ray up` keeps running on this machine is not the tests': they start their own.
 os.environ["BIGMODEL_RAY_LOCAL"] = __import__("tempfile").mkdtemp(prefix="bmr-local-")
 
+import signal  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -42,7 +45,6 @@ def ray_cluster():
 def _die_with_parent():
     """In a server's process before it starts: end it when the test process ends, even killed."""
     import ctypes
-    import signal
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)       # PR_SET_PDEATHSIG
 
@@ -52,8 +54,6 @@ def _local_server(argv: list[str], folder: Path, what: str, env_var: str, addres
     """Run `argv` (a server on 127.0.0.1) until the block ends, with `env_var` = `address`
     meanwhile: how the project, and Ray's workers, find it. Its output goes to folder/server.log."""
     import socket
-    import subprocess
-    import time
 
     with (folder / "server.log").open("w") as log:
         server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
@@ -148,3 +148,30 @@ def reviews_subset(tmp_path_factory):
     path = tmp_path_factory.mktemp("reviews") / "reviews.parquet"
     pq.write_table(table.slice(0, 3000), path)
     return path
+
+
+def processes_mentioning(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="ignore"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_run(driver: subprocess.Popen, ray_tmp: str) -> None:
+    """SIGKILL the driver's process group, then any Ray process of its private temp dir."""
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    for _ in range(50):
+        left = [p for p in processes_mentioning(ray_tmp) if p != os.getpid()]
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)

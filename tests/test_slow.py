@@ -3,15 +3,13 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, kill_run
 
 from bigmodel_ray.cli import main
 
@@ -37,33 +35,6 @@ def test_shipped_jobs_reach_their_accuracy(ray_cluster, tmp_path, job, floor):
     result = json.loads((tmp_path / job / "result.json").read_text())
     print(f"{job}: test_accuracy {result['test_accuracy']:.4f} in {result['wall_s']:.0f}s")
     assert result["test_accuracy"] >= floor
-
-
-def _processes_mentioning(marker: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="ignore"):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
-def _kill_run(driver: subprocess.Popen, ray_tmp: str) -> None:
-    """SIGKILL the driver's process group, then any Ray process of its private temp dir."""
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    for _ in range(50):
-        left = [p for p in _processes_mentioning(ray_tmp) if p != os.getpid()]
-        if not left:
-            return
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
 
 
 def test_killed_driver_resumes_on_rerun(s3_bucket, tiny_job, tmp_path):
@@ -95,14 +66,14 @@ def test_killed_driver_resumes_on_rerun(s3_bucket, tiny_job, tmp_path):
             assert driver.poll() is None and time.time() < deadline, "run ended before it could be killed"
             time.sleep(0.2)
     finally:
-        _kill_run(driver, ray_tmp)
+        kill_run(driver, ray_tmp)
     assert stored("result.json") is None
     shutil.rmtree(cache, ignore_errors=True)       # the rerun starts from the bucket alone
 
     try:
         rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     finally:
-        _kill_run(subprocess.Popen(["true"], start_new_session=True), ray_tmp)   # nothing should be left; make sure
+        kill_run(subprocess.Popen(["true"], start_new_session=True), ray_tmp)   # nothing should be left; make sure
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming from the last checkpoint" in rerun.stdout

@@ -1,4 +1,4 @@
-"""`bigmodel-ray` command line: run jobs here or on a Ray cluster; prepare data; export, predict, generate, recommend.
+"""`bigmodel-ray` command line: run jobs here or on a Ray cluster; prepare data; export, predict, generate, recommend, rollout.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, no traceback);
 `submit --follow` / `logs --follow` mirror the cluster job's (3 when it was stopped).
@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     from bigmodel_ray.cli.generate import add_parser as add_generate_parser
     from bigmodel_ray.cli.predict import add_parser as add_predict_parser
     from bigmodel_ray.cli.recommend import add_parser as add_recommend_parser
+    from bigmodel_ray.cli.rollout import add_parser as add_rollout_parser
 
     p = argparse.ArgumentParser(prog="bigmodel-ray", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_generate_parser(sub)
     add_recommend_parser(sub)
+    add_rollout_parser(sub)
     add_predict_parser(sub)
     return p
 
@@ -171,6 +173,10 @@ def main(argv=None) -> int:
             from bigmodel_ray.cli import generate
 
             return generate.run(args)
+        elif args.command == "rollout":
+            from bigmodel_ray.cli import rollout
+
+            return rollout.run(args)
         elif args.command == "recommend":
             from bigmodel_ray.cli import recommend
 

@@ -1,7 +1,8 @@
 """`bigmodel-ray export CKPT --format onnx`: any checkpoint to ONNX, checked against onnxruntime.
 
 CKPT: a train run folder (its last checkpoint), a checkpoint folder (state.pt), a compress run
-folder (its selected candidate), or a candidate's `.pt2` file from a compress run. A multitask
+folder (its selected candidate), a candidate's `.pt2` file from a compress run, or an rl run
+folder (its policy network: observations -> Q-values or action logits). A multitask
 run holds a classifier per task: `--task NAME` exports that one (the backbone and its head).
 """
 
@@ -59,6 +60,11 @@ def load_any(path: Path, task: str | None = None) -> "tuple[torch.nn.Module, tup
                 raise SpecError(f"{result_file}: selected: not a candidate name ({str(selected)[:80]!r})")
             model, shape, _ = load_any(path / "candidates" / f"{selected}.pt2", task)
             return model, shape, path / f"{selected}.onnx"
+        if result.get("algorithm") and result.get("checkpoint"):       # an rl run: its policy network
+            from bigmodel_ray.rl.policy import load_run_policy
+
+            policy, obs_size = load_run_policy(path)
+            return policy, (obs_size,), path / "policy.onnx"
         if result.get("checkpoint"):                                  # a train run
             model, shape, default_out = load_any(result_checkpoint(path), task)
             return model, shape, path / default_out.name

@@ -25,11 +25,10 @@ from bigmodel_ray.tune.trial import TRAIN_RUNS, Trial, checkpoints_by_age
 def cpus_needed(spec: JobSpec) -> float:
     """Logical CPUs for an embedded Ray: the concurrent trials (each its workers plus its driver)
     and the data pipeline's CPUs, shared by all trials."""
-    res = spec.resources
-    per_trial = res.workers * res.cpus_per_worker + spec.search.trial_cpus
-    concurrent = spec.search.max_concurrent_trials or max(1, (os.cpu_count() or 1) // math.ceil(
-        res.workers * res.cpus_per_worker))
-    return concurrent * per_trial + res.data_cpus
+    workers, data = kinds.trial_cpus(spec)
+    per_trial = workers + spec.search.trial_cpus
+    concurrent = spec.search.max_concurrent_trials or max(1, (os.cpu_count() or 1) // math.ceil(max(workers, 1)))
+    return concurrent * per_trial + data
 
 
 def run(spec: JobSpec, source: str, say=print) -> dict:
@@ -51,8 +50,8 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     epochs = kind.trial_epochs(spec)
     say(f"{spec.name}: sweep of {prepared.description}")
     say(f"{spec.name}: {trial_count(space, search)} trials ({search.search_alg} search, {search.scheduler.name} "
-        f"scheduler), {concurrency} at a time, each {spec.resources.workers} x {spec.resources.cpus_per_worker:g} "
-        f"CPU + {search.trial_cpus:g} for its driver; optimizing {_objectives(search)}")
+        f"scheduler), {concurrency} at a time, each {kinds.trial_cpus(spec)[0]:g} CPUs for its workers "
+        f"+ {search.trial_cpus:g} for its driver; optimizing {_objectives(search)}")
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     runs.write_spec(sweep_dir, dump(as_written))
@@ -184,14 +183,15 @@ def _concurrency(spec: JobSpec, source: str, say) -> int:
 
     res, search = spec.resources, spec.search
     cluster = ray.cluster_resources()
-    per_trial = res.workers * res.cpus_per_worker + search.trial_cpus
-    fits = int((cluster.get("CPU", 0) - res.data_cpus) / per_trial + 1e-9)
+    workers, data = kinds.trial_cpus(spec)
+    per_trial = workers + search.trial_cpus
+    fits = int((cluster.get("CPU", 0) - data) / per_trial + 1e-9)
     if res.use_gpu is True or (res.use_gpu == "auto" and cluster.get("GPU", 0) >= res.workers):
         fits = min(fits, int(cluster.get("GPU", 0) // res.workers))
     if fits < 1:
-        raise SpecError(f"{source}: resources: a trial needs {per_trial:g} CPUs ({res.workers} workers x "
-                        f"{res.cpus_per_worker:g} + search.trial_cpus {search.trial_cpus:g}) beside "
-                        f"data_cpus {res.data_cpus:g}; the cluster has {cluster.get('CPU', 0):g}")
+        raise SpecError(f"{source}: resources: a trial needs {per_trial:g} CPUs ({workers:g} for its workers "
+                        f"+ search.trial_cpus {search.trial_cpus:g}) beside {data:g} for the data pipeline; "
+                        f"the cluster has {cluster.get('CPU', 0):g}")
     wanted = search.max_concurrent_trials or fits
     if wanted > fits:
         say(f"{spec.name}: search.max_concurrent_trials {wanted} > {fits} trials that the cluster's resources "

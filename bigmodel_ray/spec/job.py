@@ -18,6 +18,7 @@ from bigmodel_ray.spec.compress import CompressSpec
 from bigmodel_ray.spec.data import DataSpec
 from bigmodel_ray.spec.messages import cut, shown
 from bigmodel_ray.spec.multitask import MultiTaskSpec
+from bigmodel_ray.spec.rl import RLSpec
 from bigmodel_ray.spec.search import SearchSpec
 from bigmodel_ray.spec.tracking import TrackingSpec
 from bigmodel_ray.spec.train import CheckpointSpec, FailureSpec, ModelSpec, ResourcesSpec, TrainSpec
@@ -52,6 +53,7 @@ class JobSpec(Section):
     compress: CompressSpec | None = Field(None, description="kind compress: the teacher and the methods")
     transfer: TransferSpec | None = Field(None, description="kind transfer: the source and the strategy")
     multitask: MultiTaskSpec | None = Field(None, description="kind multitask: the tasks and how batches mix")
+    rl: RLSpec | None = Field(None, description="kind rl: the environment, the RLlib algorithm and its settings")
     search: SearchSpec | None = Field(None, description="run a Ray Tune sweep of this job instead of one run")
     tracking: TrackingSpec | None = Field(None, description="also send epochs and results to TensorBoard files and/or "
                                                             "MLflow; changing it never stops a run from resuming")

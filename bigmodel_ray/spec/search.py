@@ -17,6 +17,8 @@ OBJECTIVES = {"val_accuracy": "max", "val_f1": "max", "val_loss": "min", "train_
               "val_perplexity": "min", "val_bpc": "min",
               # a recommender's (train.task: rating, ranking)
               "val_rmse": "min", "val_mae": "min", "val_hr10": "max", "val_ndcg10": "max",
+              # an rl run's (kind rl)
+              "eval_return_mean": "max", "episode_return_mean": "max", "env_steps": "min", "iteration_s": "min",
               # what a compressed candidate reports
               "bytes": "min", "nonzeros": "min", "latency_ms_bs1": "min"}
 
