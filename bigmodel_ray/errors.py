@@ -1,5 +1,7 @@
 """The two ways a command fails: bad input (exit 2) and a run that failed (exit 1)."""
 
+import re
+
 MAX_MESSAGE_CHARS = 500
 
 
@@ -27,3 +29,16 @@ class DataError(ValueError):
 
 class RunFailed(Exception):
     """A run raised on its workers or controller; the message says where to look."""
+
+
+def first_line(e: BaseException) -> str:
+    """The line of an exception worth printing: from a Ray error carrying a remote traceback,
+    the raised exception's own line."""
+    text = str(e).strip().splitlines()
+    # Worker errors carry the remote traceback; its last "SomeError: ..." line is the actual
+    # exception (the message itself may span lines).
+    raised = [line for line in text if re.match(r"[\w.]*(Error|Exception|Interrupt)\b", line)]
+    if raised:
+        return raised[-1][:300]
+    tail = [line for line in text if line and not line.startswith(" ")]
+    return (tail[-1] if tail else type(e).__name__)[:300]

@@ -105,3 +105,38 @@ def test_a_two_trial_rl_sweep(ray_cluster, tmp_path):
     assert main(["run", str(path)]) == 0
     result = json.loads((tmp_path / "runs" / "ppo_sweep" / "result.json").read_text())
     assert result["trials"] == 2 and result["best"]["eval_return_mean"] > 9, result
+
+
+def _register_flaky(marker):
+    """CartPole whose step raises once, at its 1,200th step in this process (in the third
+    iteration of 500 steps), unless `marker` says it already did: a simulator that crashes."""
+    import gymnasium as gym
+
+    class Flaky(gym.Wrapper):
+        steps = 0
+
+        def step(self, action):
+            Flaky.steps += 1
+            if Flaky.steps == 1200 and not marker.exists():
+                marker.write_text("failed once")
+                raise RuntimeError("the simulator crashed")
+            return self.env.step(action)
+
+    gym.register("FlakyCartPole-v1", entry_point=lambda **kw: Flaky(gym.make("CartPole-v1")))
+
+
+@pytest.mark.parametrize("max_failures", [1, 0])
+def test_a_failed_iteration_restarts_from_the_last_checkpoint(ray_cluster, tmp_path, capsys, max_failures):
+    _register_flaky(tmp_path / "failed")
+    path = _job(tmp_path, env="FlakyCartPole-v1", env_steps=2000)
+    job = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**job, "failure": {"max_failures": max_failures}}))
+    code = main(["run", str(path)])
+    out, err = capsys.readouterr()
+    if max_failures == 0:
+        assert code == 1 and "iteration 3 failed: RuntimeError: the simulator crashed" in err.replace("\n", " "), err
+        return
+    assert code == 0, err
+    assert "iteration 3 failed (RuntimeError: the simulator crashed); restarting from iteration_000002" in out, out
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]

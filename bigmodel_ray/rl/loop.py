@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bigmodel_ray import integrity
-from bigmodel_ray.errors import RunFailed
+from bigmodel_ray.errors import RunFailed, first_line
 from bigmodel_ray.rl.algorithm import algorithm_config
 from bigmodel_ray.rl.policy import PolicyScores, play
 
@@ -85,9 +85,9 @@ def train(spec, folder: Path, on_row: Callable[[dict, Path | None], None], start
             except Exception as e:       # RLlib raises whatever an env runner or learner raised
                 failures += 1
                 if 0 <= spec.failure.max_failures < failures:
-                    raise RunFailed(f"{spec.name}: iteration {progress.iteration + 1} failed: {_first_line(e)}") from e
+                    raise RunFailed(f"{spec.name}: iteration {progress.iteration + 1} failed: {_reason(e)}") from e
                 newest = next(reversed(checkpoints_in(folder)), None)
-                say(f"{spec.name}: iteration {progress.iteration + 1} failed ({_first_line(e)}); restarting from "
+                say(f"{spec.name}: iteration {progress.iteration + 1} failed ({_reason(e)}); restarting from "
                     f"{newest.name if newest else 'the start'} (failure {failures} of {spec.failure.max_failures})")
                 algo.stop()
                 algo, progress = algorithm_config(rl, spec.seed).build_algo(), Progress()
@@ -135,6 +135,9 @@ def _save(algo, folder: Path, row: dict, keep: int) -> Path:
     return path
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:300]
+def _reason(e: BaseException) -> str:
+    """`Type: message` of what failed (RLlib re-raises an env runner's error without a message)."""
+    while not str(e).strip() and (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    line = first_line(e)
+    return line if line.startswith(type(e).__name__) else f"{type(e).__name__}: {line}"

@@ -7,7 +7,6 @@ and distillation, a sweep's trials) builds its trainer here.
 """
 
 import math
-import re
 import signal
 import threading
 import time
@@ -23,7 +22,7 @@ from bigmodel_ray.data.images import bad_record_in
 from bigmodel_ray.data.pipeline import start_state
 from bigmodel_ray.data.sources import DataError
 from bigmodel_ray.data.text import TOKENIZER_FILE
-from bigmodel_ray.errors import RunFailed, SpecError
+from bigmodel_ray.errors import RunFailed, SpecError, first_line
 from bigmodel_ray.models import build_model
 from bigmodel_ray.progress import EpochPrinter
 from bigmodel_ray.spec import DataSpec, JobSpec, dump
@@ -192,7 +191,7 @@ def failure(e: Exception, spec: JobSpec, source: str, run_dir) -> Exception:
     """The error to raise for a failed Ray Train run: bad input exits 2 like any spec error."""
     if bad := bad_record_in(e):
         return SpecError(f"{source}: data: {bad} (data.on_bad_record: skip drops such records)")
-    return RunFailed(f"{spec.name}: training failed: {_first_line(e)} (run folder {run_dir}; "
+    return RunFailed(f"{spec.name}: training failed: {first_line(e)} (run folder {run_dir}; "
                      f"rerun with -v for worker logs)")
 
 
@@ -279,14 +278,3 @@ def _ingest_options(res):
 
 def _median(values):
     return sorted(values)[len(values) // 2] if values else None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    # Worker errors carry the remote traceback; its last "SomeError: ..." line is the actual
-    # exception (the message itself may span lines).
-    raised = [line for line in text if re.match(r"[\w.]*(Error|Exception|Interrupt)\b", line)]
-    if raised:
-        return raised[-1][:300]
-    tail = [line for line in text if line and not line.startswith(" ")]
-    return (tail[-1] if tail else type(e).__name__)[:300]
