@@ -73,7 +73,7 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.print_on_execution_start = verbose
     data_ctx.enable_progress_bars = verbose and sys.stderr.isatty()
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.rllib"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
 

@@ -157,6 +157,9 @@ def test_ranking_run_beats_most_popular_and_recommends_unseen_titles(movielens_r
     assert main(["recommend", str(run), "--user", "100000"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no user '100000'" in err
+    assert main(["export", str(run)]) == 0                      # [user, item] rows -> a score, ONNX = PyTorch
+    diff = float(capsys.readouterr().out.split("max |diff| ")[1].split(",")[0])
+    assert diff < 1e-4 and (run / "model.onnx").exists()
 
 
 def test_rating_run_reports_rmse_beside_its_baselines(movielens_runs):

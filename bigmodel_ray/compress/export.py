@@ -74,7 +74,9 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
                           "static int8 exports")
     path.parent.mkdir(parents=True, exist_ok=True)
     dims = {0: batch_dim()}
-    if not example.is_floating_point():      # token ids: any length up to the model's max_length
+    # Token ids: any length up to the model's max_length. A recommender's [user, item] rows
+    # (width 2) keep their width: one score per row.
+    if not example.is_floating_point() and example.shape[1] > 2:
         dims[1] = torch.export.Dim("tokens", min=2, max=example.shape[1])
     try:
         with quiet():

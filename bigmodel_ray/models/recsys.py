@@ -23,11 +23,16 @@ def _table(rows: int, dim: int) -> nn.Embedding:
 
 
 class Recommender(nn.Module):
-    def __init__(self, l2: float):
+    def __init__(self, num_users: int, num_items: int, l2: float):
         super().__init__()
         if not 0 <= l2 <= 1e3:
             raise ValueError(f"l2 must be in [0, 1000] (got {l2})")
-        self.l2, self.penalty = l2, None
+        self.num_users, self.num_items, self.l2, self.penalty = num_users, num_items, l2, None
+
+    def example_inputs(self, n: int, generator=None) -> torch.Tensor:
+        """`n` rows [user, item] of valid ids (export checks the model on them)."""
+        return torch.stack([torch.randint(self.num_users, (n,), generator=generator),
+                            torch.randint(self.num_items, (n,), generator=generator)], 1)
 
     def _penalize(self, *rows: torch.Tensor) -> None:
         """rows: the embedding rows looked up for a batch, each (batch, ..., dim)."""
@@ -51,7 +56,7 @@ class MatrixFactorization(Recommender):
     """score = global bias + user bias + item bias + <user vector, item vector> (Koren's biased MF)."""
 
     def __init__(self, input_shape, num_classes, num_users: int, num_items: int, dim: int = 64, l2: float = 0.0):
-        super().__init__(l2)
+        super().__init__(num_users, num_items, l2)
         self.users, self.items = _table(num_users, dim), _table(num_items, dim)
         self.user_bias, self.item_bias = nn.Embedding(num_users, 1), nn.Embedding(num_items, 1)
         nn.init.zeros_(self.user_bias.weight)
@@ -72,7 +77,7 @@ class NeuMF(Recommender):
 
     def __init__(self, input_shape, num_classes, num_users: int, num_items: int, dim: int = 32,
                  mlp_dim: int = 32, hidden: list[int] = (64, 32, 16), dropout: float = 0.0, l2: float = 0.0):
-        super().__init__(l2)
+        super().__init__(num_users, num_items, l2)
         self.gmf_users, self.gmf_items = _table(num_users, dim), _table(num_items, dim)
         self.mlp_users, self.mlp_items = _table(num_users, mlp_dim), _table(num_items, mlp_dim)
         sizes = [2 * mlp_dim, *hidden]
@@ -95,7 +100,7 @@ class TwoTower(Recommender):
 
     def __init__(self, input_shape, num_classes, num_users: int, num_items: int, dim: int = 64,
                  hidden: list[int] = (128,), dropout: float = 0.0, l2: float = 0.0):
-        super().__init__(l2)
+        super().__init__(num_users, num_items, l2)
         sizes = [dim, *hidden, dim]
         self.users, self.items = _table(num_users, dim), _table(num_items, dim)
         self.user_tower, self.item_tower = _tower(sizes, dropout), _tower(sizes, dropout)

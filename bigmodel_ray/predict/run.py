@@ -62,6 +62,10 @@ def open_run(folder: Path) -> TrainedRun:
         raise SpecError(f"{folder}: a {job.get('kind')} run; predict takes a train or transfer run")
     if not runs.finished(folder):
         raise SpecError(f"{folder}: not a finished run (no result.json with a checkpoint)")
+    if not isinstance(job.get("data"), dict):
+        raise SpecError(f"{folder}: a run without a data section (an rl run: `bigmodel-ray rollout` plays its policy)")
+    if isinstance(job["data"].get("interactions"), dict):
+        raise SpecError(f"{folder}: a recommender run: `bigmodel-ray recommend RUN --user ID` lists a user's top items")
     checkpoint = runs.result_checkpoint(folder)
     data = validate_section(DataSpec, job.get("data"), str(spec_file), "data")
     model = load_classifier(checkpoint, str(folder))

@@ -63,10 +63,11 @@ class RL:
     resume_keys = ("rl", "seed")
 
     def cpus_needed(self, spec: JobSpec) -> float:
-        return 1 + spec.rl.env_runners          # the learner (this process) and the sampling actors
+        return 1 + spec.rl.env_runners * spec.rl.cpus_per_runner      # the learner (this process) and the samplers
 
     def trial_cpus(self, spec: JobSpec) -> tuple[float, float]:
-        return float(spec.rl.env_runners), 0.0     # the learner is the trial's own process; no Ray Data
+        # The learner is the trial's own process; no Ray Data.
+        return spec.rl.env_runners * spec.rl.cpus_per_runner, 0.0
 
     def run(self, spec: JobSpec, source: str, say=print) -> dict:
         rl, folder = spec.rl, runs.folder_of(spec)

@@ -23,7 +23,7 @@ def dqn_fragment(rl) -> int:
     return max(DQN_FRAGMENT, rl.dqn.n_step)
 
 
-def algorithm_config(rl, seed: int, num_cpus_per_runner: float = 1.0):
+def algorithm_config(rl, seed: int):
     """The RLlib config of the `rl` section: network, algorithm settings, runners, seed.
     Evaluation is not RLlib's: loop.py plays the greedy policy itself (policy.py)."""
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
@@ -59,6 +59,6 @@ def algorithm_config(rl, seed: int, num_cpus_per_runner: float = 1.0):
             vf_loss_coeff=p.vf_loss_coeff)
     return (config.environment(rl.env)
             .env_runners(num_env_runners=rl.env_runners, num_envs_per_env_runner=rl.envs_per_runner,
-                         rollout_fragment_length=fragment, num_cpus_per_env_runner=num_cpus_per_runner)
+                         rollout_fragment_length=fragment, num_cpus_per_env_runner=rl.cpus_per_runner)
             .rl_module(model_config=model)
             .debugging(seed=seed, log_level="ERROR"))

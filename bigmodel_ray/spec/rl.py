@@ -56,6 +56,7 @@ class RLSpec(KindSection):
     activation: Literal["relu", "tanh"] = Field("relu", description="hidden activation")
     env_runners: int = Field(0, ge=0, le=4096, description="sampling actors (0: sample in the learner's process)")
     envs_per_runner: int = Field(1, ge=1, le=1024, description="vectorized environments per runner")
+    cpus_per_runner: float = Field(1.0, gt=0, le=4096, description="CPUs each env runner actor reserves")
     eval_every: int = Field(5, ge=1, le=10**6, description="greedy evaluation every N iterations (and at the end)")
     eval_episodes: int = Field(20, ge=1, le=10**5, description="episodes per evaluation")
     dqn: DQNSpec | None = Field(None, description="algorithm dqn: its settings (defaults if left out)")
