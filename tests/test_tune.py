@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT
-from test_slow import _kill_run
+from conftest import ROOT, kill_run
 
 from bigmodel_ray import kinds
 from bigmodel_ray.cli import main
@@ -192,7 +191,7 @@ def test_killed_driver_resumes_the_sweep(tiny_job, tmp_path):
             assert driver.poll() is None and time.time() < deadline, "sweep ended before it could be killed"
             time.sleep(0.2)
     finally:
-        _kill_run(driver, ray_tmp)
+        kill_run(driver, ray_tmp)
     before = epochs_reported()
     assert not (sweep_dir / "result.json").exists()
     assert sum(max(e, default=0) == 4 for e in before.values()) < 3, "every trial ended before the kill"
@@ -200,7 +199,7 @@ def test_killed_driver_resumes_the_sweep(tiny_job, tmp_path):
     try:
         rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     finally:
-        _kill_run(subprocess.Popen(["true"], start_new_session=True), ray_tmp)
+        kill_run(subprocess.Popen(["true"], start_new_session=True), ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming the sweep" in rerun.stdout
