@@ -21,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bigmodel_ray import integrity
 from bigmodel_ray.errors import RunFailed, first_line
 from bigmodel_ray.rl.algorithm import algorithm_config
-from bigmodel_ray.rl.policy import PolicyScores, play
+from bigmodel_ray.rl.policy import PolicyScores, check_private, play
 
 CHECKPOINTS = "checkpoints"
 ITERATION_FILE = "iteration.json"       # in each checkpoint: the row of the iteration it ends
@@ -47,7 +46,7 @@ def checkpoints_in(folder: Path) -> list[Path]:
 def restore(algo, checkpoint: Path) -> dict:
     """Load an algorithm checkpoint of this run (RLlib unpickles parts of it: the folder must be
     this user's own, writable by no one else) and return its iteration's row."""
-    integrity.check_private(checkpoint.parent.parent, [checkpoint.parent, checkpoint, *checkpoint.rglob("*.pkl")])
+    check_private(checkpoint)
     algo.restore_from_path(str(checkpoint))
     return json.loads((checkpoint / ITERATION_FILE).read_text())
 

@@ -27,15 +27,21 @@ class PolicyScores(torch.nn.Module):
         return self.module.forward_inference({"obs": obs})["action_dist_inputs"]
 
 
+def check_private(checkpoint: Path) -> None:
+    """An RLlib checkpoint holds pickles: read one only from folders this user owns and no one
+    else can write (as a sweep's state, integrity.py)."""
+    from bigmodel_ray import integrity
+
+    integrity.check_private(checkpoint.parent.parent, [checkpoint.parent, checkpoint, *checkpoint.rglob("*.pkl")])
+
+
 def load_scores(checkpoint: Path, algorithm: str) -> PolicyScores:
     """The policy network of an algorithm checkpoint. RLlib unpickles parts of it: the folder
     must be this user's own, writable by no one else (as a sweep's state, integrity.py)."""
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    from bigmodel_ray import integrity
-
     checkpoint = Path(checkpoint)
-    integrity.check_private(checkpoint.parent.parent, [checkpoint.parent, checkpoint, *checkpoint.rglob("*.pkl")])
+    check_private(checkpoint)
     module = RLModule.from_checkpoint(str(checkpoint.joinpath(*MODULE_PATH)))
     return PolicyScores(module, algorithm).eval()
 
