@@ -66,6 +66,27 @@ def trial_cpus(spec) -> tuple[float, float]:
     return spec.resources.workers * spec.resources.cpus_per_worker, spec.resources.data_cpus
 
 
+def trains_in_trial(spec) -> bool:
+    """Whether a sweep's trial runs its training loop in its own process (train/in_process.py)
+    instead of starting a Ray Train run: one CPU worker (no process group to form, no GPU the
+    trial would have to hold) — what most small sweeps are."""
+    import ray
+
+    res = spec.resources
+    no_gpu = res.use_gpu is False or (res.use_gpu == "auto" and not ray.cluster_resources().get("GPU", 0))
+    return res.workers == 1 and spec.train.strategy == "ddp" and no_gpu
+
+
+def trial_process_cpus(spec) -> float:
+    """CPUs a sweep's trial uses in its own process, besides its driver's share: its worker's when
+    the training loop runs there (`trains_in_trial`); a kind whose trials work otherwise says so
+    with a `trial_process_cpus(spec)` method of its own (rl)."""
+    kind = get(spec.kind)
+    if hasattr(kind, "trial_process_cpus"):
+        return kind.trial_process_cpus(spec)
+    return spec.resources.cpus_per_worker if trains_in_trial(spec) else 0
+
+
 def get(kind: str) -> JobKind:
     return importlib.import_module(KINDS[kind]).KIND
 

@@ -73,8 +73,9 @@ def resolve_teacher(spec: JobSpec, source: str, say) -> Teacher:
     return Teacher(spec, model, checkpoint, plan, cands.Evaluator(spec, plan.data))
 
 
-def compress(t: Teacher, source: str, work_dir: Path, say) -> list[Candidate]:
-    """The job's methods applied to the teacher: one candidate per method, in order."""
+def compress(t: Teacher, source: str, work_dir: Path, say, here: bool = False) -> list[Candidate]:
+    """The job's methods applied to the teacher: one candidate per method, in order. `here`:
+    fine-tunes run in this process (a sweep's trial: kinds.trains_in_trial)."""
     spec = t.spec
 
     def finetune(model, epochs, lr, teacher=None, distill=None):
@@ -88,7 +89,7 @@ def compress(t: Teacher, source: str, work_dir: Path, say) -> list[Candidate]:
         say(f"{spec.name}: {what} for {epochs} epochs on {spec.resources.workers} workers")
         trainer = launch.make_trainer(ft, t.plan, name=f"ft-{uuid.uuid4().hex[:8]}",
                                       storage_path=str(work_dir / "finetune"), keep=1,
-                                      extra={"initial_model": model}, objective=objective)
+                                      extra={"initial_model": model}, objective=objective, here=here)
         try:
             result = launch.fit(trainer)
         except Exception as e:
@@ -153,7 +154,7 @@ class Compress:
         say = lambda _: None      # noqa: E731 — the sweep's progress view reports
         t = resolve_teacher(spec, source, say)
         work = Path(trial.sweep_dir) / TRAIN_RUNS / f"{trial.trial_id}-{uuid.uuid4().hex[:6]}"
-        final = compress(t, source, work, say)[-1]
+        final = compress(t, source, work, say, here=kinds.trains_in_trial(t.spec))[-1]
         m = t.spec.compress.measure
         params, nonzeros = measure.parameter_counts(final.model)
         metrics = {"epoch": 1, **t.evaluator(final.model), "params": params, "nonzeros": nonzeros,

@@ -69,6 +69,9 @@ class RL:
         # The learner is the trial's own process; no Ray Data.
         return spec.rl.env_runners * spec.rl.cpus_per_runner, 0.0
 
+    def trial_process_cpus(self, spec: JobSpec) -> float:
+        return 0.0      # the learner runs on the trial driver's share (search.trial_cpus)
+
     def run(self, spec: JobSpec, source: str, say=print) -> dict:
         rl, folder = spec.rl, runs.folder_of(spec)
         run_dir = runs.run_dir_of(spec, source)

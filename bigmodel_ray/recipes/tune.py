@@ -62,7 +62,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, raw_job=raw_job, source=source, sweep_dir=str(sweep_dir),
                              artifact_key=integrity.signing_key()),
-        {"cpu": search.trial_cpus})
+        _trial_resources(raw_job, source, search.trial_cpus))
     if tune.Tuner.can_restore(str(sweep_dir)):
         # Restoring unpickles Tune's saved state: only from a folder no one else could have
         # written, or (object storage) files that carry this user's signature.
@@ -115,6 +115,13 @@ def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str, artifact
     values = trial_values(config)
     spec = validate(apply(raw_job, values), source)     # raw_job has no search block: nothing more to check
     kinds.get(spec.kind).run_trial(spec, source, Trial(sweep_dir, tune.get_context().get_trial_id(), values))
+
+
+def _trial_resources(raw_job: dict, source: str, trial_cpus: float):
+    """What a trial's own process holds: its driver's share, plus what it trains with there."""
+    def resources(config: dict) -> dict:
+        return {"cpu": trial_cpus + kinds.trial_process_cpus(validate(apply(raw_job, trial_values(config)), source))}
+    return resources
 
 
 def _tune_config(spec: JobSpec, space, concurrency: int):

@@ -133,28 +133,39 @@ def check_data_cpus(data, res, source: str) -> None:
 
 def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, storage_filesystem=None,
                  callbacks=(), init_checkpoint: str | None = None, keep: int | None = None, extra: dict | None = None,
-                 objective=None):
+                 objective=None, here: bool = False):
     """The Ray Train run of `spec` in `storage_path` (inside `storage_filesystem`, for object
     storage); `callbacks` see each epoch (e.g. train/epoch_log.py); a run without checkpoints of
     its own starts from `init_checkpoint` when given. `extra` goes to the workers' config as is
     (a model to fine-tune instead of a fresh one); `objective` replaces the plan's (e.g.
-    distillation from a teacher)."""
+    distillation from a teacher). `here`: the loop runs in this process (train/in_process.py;
+    a local `storage_path`; only where kinds.trains_in_trial says so)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     res = spec.resources
     objective = objective or plan.objective or task_objective(spec, plan.data)
     datasets, arrays = plan.data.handed_over()
+    config = {"spec": spec.model_dump(mode="json"),
+              "input_shape": list(plan.data.input_shape), "num_classes": plan.data.num_classes,
+              "steps_per_epoch": plan.steps_per_epoch(spec.train.grad_accum),
+              "micro_batches": plan.micro_batches, "dataset_names": list(plan.data.datasets),
+              "objective": objective, "pipeline_state": plan.state,
+              "device_augment": plan.data.device_augment, "params": plan.params,
+              "class_names": plan.data.class_names, "arrays": arrays,
+              "init_checkpoint": init_checkpoint, **plan.extra, **(extra or {})}
+    if here:
+        from bigmodel_ray.train.in_process import InProcessTrainer
+
+        ingest = _ingest_options(res)
+        for dataset in datasets.values():
+            dataset.context.execution_options = ingest
+        return InProcessTrainer(train_worker, config, datasets=datasets, run_dir=Path(storage_path) / name,
+                                keep=keep or spec.checkpoint.keep, callbacks=callbacks,
+                                max_failures=spec.failure.max_failures)
     return TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"),
-                           "input_shape": list(plan.data.input_shape), "num_classes": plan.data.num_classes,
-                           "steps_per_epoch": plan.steps_per_epoch(spec.train.grad_accum),
-                           "micro_batches": plan.micro_batches, "dataset_names": list(plan.data.datasets),
-                           "objective": objective, "pipeline_state": plan.state,
-                           "device_augment": plan.data.device_augment, "params": plan.params,
-                           "class_names": plan.data.class_names, "arrays": arrays,
-                           "init_checkpoint": init_checkpoint, **plan.extra, **(extra or {})},
+        train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         datasets=datasets,

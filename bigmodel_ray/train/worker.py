@@ -15,13 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
 import ray.train
-import ray.train.torch
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from bigmodel_ray.models import build_model, shard_units
 from bigmodel_ray.spec import DataSpec, JobSpec
+from bigmodel_ray.train.calls import RayTrainCalls
 from bigmodel_ray.train.compute import prepare_compute
 from bigmodel_ray.train.epoch_log import RESUMED_ROW
 from bigmodel_ray.train.inputs import ModelInputs
@@ -42,7 +43,7 @@ def eval_batch_size(train_batch: int, input_shape) -> int:
     return int(min(512, max(2 * train_batch, (16 << 20) // sample_bytes)))
 
 
-def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device, ddp_kwargs=None) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device, calls, ddp_kwargs=None) -> torch.nn.Module:
     if strategy == "fsdp":
         # FSDP2: each unit's parameters are sharded across ranks and gathered per forward.
         from torch.distributed.fsdp import fully_shard
@@ -53,10 +54,10 @@ def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device, ddp_
             fully_shard(unit)
         return fully_shard(model)
     # DDP when world size > 1 (gloo on CPU, nccl on GPU)
-    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
+    return calls.prepare_model(model, ddp_kwargs)
 
 
-def open_batches(config: dict, spec: JobSpec, objective, rank: int, world: int, device):
+def open_batches(config: dict, spec: JobSpec, objective, rank: int, world: int, device, calls):
     """This worker's training streams (the objective's train sets: Ray splits them across
     workers) and evaluation sets (every other dataset), each read with its own data section
     (a transfer job's source and target differ; default: the job's)."""
@@ -66,7 +67,7 @@ def open_batches(config: dict, spec: JobSpec, objective, rank: int, world: int, 
     arrays = config.get("arrays") or {}
     for name in config["dataset_names"]:
         d = data_of.get(name, data)
-        shard = ray.get(arrays[name]) if name in arrays else ray.train.get_dataset_shard(name)
+        shard = ray.get(arrays[name]) if name in arrays else calls.dataset_shard(name)
         if name in arrays and name in objective.train_sets:
             # An equal share per worker, as Ray Data's split gives: the ranks take as many steps.
             x, y = shard
@@ -90,9 +91,9 @@ def open_batches(config: dict, spec: JobSpec, objective, rank: int, world: int, 
 def train_worker(config: dict) -> dict:
     spec = JobSpec.model_validate(config["spec"])
     t = spec.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    calls = config.get("train_calls") or RayTrainCalls()     # train/in_process.py hands its own
+    rank, world = calls.rank_and_world()
+    device = calls.device()
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     input_shape, num_classes = tuple(config["input_shape"]), config["num_classes"]
 
@@ -104,7 +105,7 @@ def train_worker(config: dict) -> dict:
     if base is None:
         base = build_model(spec.model.name, input_shape, num_classes, **spec.model.args, **config.get("model_args", {}))
     base = prepare_compute(objective.prepare(base), t, device)
-    model = wrap_model(base, t.strategy, device, objective.ddp_kwargs)
+    model = wrap_model(base, t.strategy, device, calls, objective.ddp_kwargs)
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     optimizer = build_optimizer(objective.param_groups(inner), t)
     scheduler = build_scheduler(optimizer, t, config["steps_per_epoch"])
@@ -119,7 +120,7 @@ def train_worker(config: dict) -> dict:
     epochs_done, resumed_row = 0, None
     # The run's own checkpoint (resume, restart after a failure), else one handed over: a sweep's
     # trial continuing after an interruption, or a PBT trial cloning a better one.
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = calls.checkpoint()
     if checkpoint is None and config.get("init_checkpoint"):
         checkpoint = ray.train.Checkpoint(config["init_checkpoint"])
     if checkpoint:
@@ -137,7 +138,7 @@ def train_worker(config: dict) -> dict:
         torch.manual_seed(spec.seed * 1_000_003 + rank)  # per-rank dropout streams
 
     pipeline_state = config.get("pipeline_state")
-    streams, eval_sets = open_batches(config, spec, objective, rank, world, device)
+    streams, eval_sets = open_batches(config, spec, objective, rank, world, device, calls)
     micro_batches = config["micro_batches"]
     if t.class_weights == "balanced":
         objective.class_weight = balanced_weights(streams["train"], num_classes, world)
@@ -208,7 +209,7 @@ def train_worker(config: dict) -> dict:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             # The first report after a resume carries the resumed epoch's row too: a run killed
             # after its checkpoint was stored but before its row was logged gets it logged now.
-            ray.train.report({**row, RESUMED_ROW: resumed_row} if resumed_row else row, checkpoint=checkpoint)
+            calls.report({**row, RESUMED_ROW: resumed_row} if resumed_row else row, checkpoint)
             resumed_row = None
         if stopped:
             break

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ray.train.v2.api.callback import UserCallback
 
+from bigmodel_ray import kinds
 from bigmodel_ray.train.epoch_log import RESUMED_ROW
 from bigmodel_ray.train.launch import failure, make_trainer
 from bigmodel_ray.train.state import STATE_FILE
@@ -49,7 +50,8 @@ def history_file(sweep_dir, trial_id: str) -> Path:
 
 
 class ReportToTune(UserCallback):
-    """Runs in the Train controller: passes each rank-0 report to the trial through a Ray queue.
+    """Runs in the Train controller: passes each rank-0 report to the trial through a Ray queue
+    (a plain one when the loop runs in the trial's own process).
 
     The queue holds one item, so the controller waits until the trial has taken the previous
     report; the Train run keeps two checkpoints, so the one Tune is still copying stays on disk.
@@ -105,10 +107,11 @@ def train_trial(trial: Trial, spec, source: str, plan) -> None:
 
     run_name = f"{trial.trial_id}-{uuid.uuid4().hex[:6]}"
     train_runs = Path(trial.sweep_dir) / TRAIN_RUNS
-    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     spec, job = plan()
+    here = kinds.trains_in_trial(spec)          # one CPU worker: the loop runs in this process (train/in_process.py)
+    reports = queue.Queue(maxsize=1) if here else Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = make_trainer(spec, job, name=run_name, storage_path=str(train_runs),
-                           callbacks=[ReportToTune(reports)], keep=2, init_checkpoint=start)
+                           callbacks=[ReportToTune(reports)], keep=2, init_checkpoint=start, here=here)
     outcome = {}
 
     def fit():
