@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from bigmodel_ray import local_ray
+from bigmodel_ray.errors import RunFailed, first_line
 
 STATE_API = None    # the embedded Ray's dashboard URL: pass it to ray.util.state calls made here
 # (not set in os.environ: the Jobs SDK would then send every submission to this instance)
@@ -66,8 +67,11 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
         # ("multiple active Ray instances") when another Ray runs on this machine: it then never
         # frees a stopped run's CPUs. Point every worker of this job at our own dashboard.
         "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
-    ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
-             **embedded, **attach)
+    try:
+        ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
+                 **embedded, **attach)
+    except Exception as e:      # e.g. its processes did not come up in time on an overloaded machine
+        raise RunFailed(f"Ray did not start{f' at {address}' if address else ''}: {first_line(e)}") from None
     if address is None:
         STATE_API = embedded["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"]
     data_ctx = ray.data.DataContext.get_current()

@@ -43,6 +43,11 @@ def test_cli_run_ddp_end_to_end(tiny_job, tmp_path, capsys):
     state = read_state(checkpoints[0])
     assert state["epoch"] == 3 and len(state["rng"]) == 2 and state["scheduler"]["last_epoch"] > 0
     assert not any(k.startswith("module.") for k in state["model"])      # plain keys, loadable anywhere
+    # The state file alone rebuilds the trained model (what compress, export and predict rely on).
+    meta = read_state(result["checkpoint"])["meta"]
+    model = build_model(meta["model"]["name"], meta["input_shape"], meta["num_classes"], **meta["model"]["args"])
+    model.load_state_dict(read_state(result["checkpoint"])["model"])
+    assert model(torch.zeros(2, *meta["input_shape"])).shape == (2, 10)
 
 
 def test_bf16_with_grad_accumulation_streaming(tiny_job):
@@ -122,16 +127,3 @@ def test_model_arguments_the_model_rejects_exit_2(tiny_job, capsys, tmp_path):
     assert err == (f"error: {job}: model.args: transformer cannot be built for inputs [1, 40]: "
                    f"embed_dim (30) must be divisible by num_heads (4)\n")
     assert not (tmp_path / "runs" / "heads").exists()
-
-
-def test_checkpoint_loads_on_a_fresh_model(tiny_job, tmp_path):
-    # The state file alone rebuilds the trained model (what compress/export jobs will rely on).
-    job = tiny_job("reload", train={"epochs": 1})
-    result = kinds.run(load_job(job), "reload.yaml", say=lambda _: None)
-    state = read_state(result["checkpoint"])
-    meta = state["meta"]
-    model = build_model(meta["model"]["name"], meta["input_shape"], meta["num_classes"],
-                                     **meta["model"]["args"])
-    model.load_state_dict(state["model"])
-    assert model(torch.zeros(2, *meta["input_shape"])).shape == (2, 10)
-

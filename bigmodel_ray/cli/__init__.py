@@ -136,13 +136,14 @@ def _where_it_stopped(spec, args) -> str:
     """'after epoch 3 of runs/x: `bigmodel-ray run JOB ...` resumes it' (the line Ctrl-C prints)."""
     import shlex
 
-    from bigmodel_ray import runs
+    from bigmodel_ray import kinds, runs
 
     folder = runs.folder_of(spec)
     epoch = runs.epochs_logged(folder.local)
+    unit = getattr(kinds.get(spec.kind), "step_name", "epoch")     # what one row of its log is
     sets = [a for o in args.overrides for a in ("--set", o)]
     command = shlex.join(["bigmodel-ray", "run", args.job, *sets, *(["--address", args.address] if args.address else [])])
-    return f"{f'after epoch {epoch} ' if epoch else ''}in {folder.uri}: `{command}` resumes it from its last checkpoint"
+    return f"{f'after {unit} {epoch} ' if epoch else ''}in {folder.uri}: `{command}` resumes it from its last checkpoint"
 
 
 def _check_paths(spec, source: str) -> None:

@@ -61,6 +61,7 @@ def plot(history: list[dict], stop_return: float | None, path: Path) -> None:
 
 class RL:
     resume_keys = ("rl", "seed")
+    step_name = "iteration"          # one row of its log (the Ctrl-C line says where it stopped)
 
     def cpus_needed(self, spec: JobSpec) -> float:
         return 1 + spec.rl.env_runners * spec.rl.cpus_per_runner      # the learner (this process) and the samplers

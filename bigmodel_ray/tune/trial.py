@@ -50,19 +50,16 @@ def history_file(sweep_dir, trial_id: str) -> Path:
 
 
 class ReportToTune(UserCallback):
-    """Runs in the Train controller: passes each rank-0 report to the trial through a Ray queue
-    (a plain one when the loop runs in the trial's own process).
+    """Sends each rank-0 report and its checkpoint's path on to the trial: from the Train
+    controller, through a Ray queue; in the trial's own process (train/in_process.py), straight
+    to Tune (checkpoints kept: one, Tune copies it before the loop goes on)."""
 
-    The queue holds one item, so the controller waits until the trial has taken the previous
-    report; the Train run keeps two checkpoints, so the one Tune is still copying stays on disk.
-    """
-
-    def __init__(self, reports):
-        self.reports = reports
+    def __init__(self, send):
+        self.send = send
 
     def after_report(self, run_context, metrics, checkpoint):
         row = {k: v for k, v in metrics[0].items() if k != RESUMED_ROW}      # the history has that epoch
-        self.reports.put((row, checkpoint.path if checkpoint else None))
+        self.send(row, checkpoint.path if checkpoint else None)
 
 
 def starting_checkpoint(given, trial_id: str, sweep_dir: str) -> str | None:
@@ -94,7 +91,7 @@ def train_trial(trial: Trial, spec, source: str, plan) -> None:
     `plan()` returns the job (completed) and its launch.Plan; it opens the data, so it is only
     called when there is something left to train."""
     from ray import tune
-    from ray.util.queue import Empty, Queue
+    from ray.util.queue import Queue
 
     start = starting_checkpoint(tune.get_checkpoint(), trial.trial_id, trial.sweep_dir)
     if start is not None:
@@ -108,10 +105,36 @@ def train_trial(trial: Trial, spec, source: str, plan) -> None:
     run_name = f"{trial.trial_id}-{uuid.uuid4().hex[:6]}"
     train_runs = Path(trial.sweep_dir) / TRAIN_RUNS
     spec, job = plan()
-    here = kinds.trains_in_trial(spec)          # one CPU worker: the loop runs in this process (train/in_process.py)
-    reports = queue.Queue(maxsize=1) if here else Queue(maxsize=1, actor_options={"num_cpus": 0})
-    trainer = make_trainer(spec, job, name=run_name, storage_path=str(train_runs),
-                           callbacks=[ReportToTune(reports)], keep=2, init_checkpoint=start, here=here)
+
+    def tell_tune(metrics: dict, checkpoint: str | None) -> None:
+        trial.record(metrics)
+        tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint) if checkpoint else None)
+
+    if kinds.trains_in_trial(spec):        # one CPU worker: the loop runs here (train/in_process.py)
+        trainer = make_trainer(spec, job, name=run_name, storage_path=str(train_runs), keep=1,
+                               callbacks=[ReportToTune(tell_tune)], init_checkpoint=start, here=True)
+        fit = trainer.fit
+    else:
+        reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
+        trainer = make_trainer(spec, job, name=run_name, storage_path=str(train_runs), keep=2,
+                               callbacks=[ReportToTune(lambda *report: reports.put(report))], init_checkpoint=start)
+        fit = lambda: _fit_beside(trainer, reports, tell_tune)      # noqa: E731
+    try:
+        fit()
+    except Exception as e:
+        raise failure(e, spec, source, trial.sweep_dir) from e
+    shutil.rmtree(train_runs / run_name, ignore_errors=True)    # Tune holds copies of the checkpoints
+
+
+def _fit_beside(trainer, reports, tell_tune) -> None:
+    """trainer.fit() in a thread while this one (the trial's) tells Tune each report that the
+    Train controller sends through the `reports` queue (a Ray actor).
+
+    The queue holds one item, so the controller waits until the trial has taken the previous
+    report; the Train run keeps two checkpoints, so the one Tune is still copying stays on disk.
+    """
+    from ray.util.queue import Empty
+
     outcome = {}
 
     def fit():
@@ -124,12 +147,9 @@ def train_trial(trial: Trial, spec, source: str, plan) -> None:
     fitting.start()
     while fitting.is_alive() or not reports.empty():
         try:
-            metrics, checkpoint = reports.get(timeout=0.5)
+            tell_tune(*reports.get(timeout=0.5))
         except (Empty, queue.Empty):
             continue
-        trial.record(metrics)
-        tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint) if checkpoint else None)
     fitting.join()
     if "error" in outcome:
-        raise failure(outcome["error"], spec, source, trial.sweep_dir)
-    shutil.rmtree(train_runs / run_name, ignore_errors=True)    # Tune holds copies of the checkpoints
+        raise outcome["error"]
