@@ -141,3 +141,17 @@ def test_a_failed_iteration_restarts_from_the_last_checkpoint(ray_cluster, tmp_p
     assert "iteration 3 failed (RuntimeError: the simulator crashed); restarting from iteration_000002" in out, out
     rows = [json.loads(line) for line in (tmp_path / "runs" / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_ctrl_c_says_which_iteration_the_run_stopped_after(tmp_path):
+    from argparse import Namespace
+
+    from bigmodel_ray.cli import _where_it_stopped
+    from bigmodel_ray.spec import load_job
+
+    job = _job(tmp_path)
+    run = tmp_path / "runs" / "ppo"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i}) + "\n" for i in (1, 2, 3)))
+    line = _where_it_stopped(load_job(job), Namespace(job=str(job), overrides=[], address=None))
+    assert line == f"after iteration 3 in {run}: `bigmodel-ray run {job}` resumes it from its last checkpoint"
