@@ -39,7 +39,7 @@ class InProcessTrainer:
         self.loop, self.config, self.datasets = loop, config, datasets
         self.run_dir, self.keep, self.callbacks, self.max_failures = Path(run_dir), keep, list(callbacks), max_failures
         self.kept: list[Path] = []
-        self.reports = 0            # checkpoints kept so far: the next one's number
+        self.saved = 0              # checkpoints copied so far: the next one's number
         self.last_metrics = None
 
     def fit(self) -> Result:
@@ -60,8 +60,8 @@ class InProcessTrainer:
 
     def report(self, metrics: dict, checkpoint: Checkpoint | None) -> None:
         if checkpoint is not None:          # copied: the loop deletes its own folder after the report
-            kept = self.run_dir / f"checkpoint_{self.reports:06d}"
-            self.reports += 1
+            kept = self.run_dir / f"checkpoint_{self.saved:06d}"
+            self.saved += 1
             self.run_dir.mkdir(parents=True, exist_ok=True)
             shutil.copytree(checkpoint.path, kept)
             self.kept.append(kept)
