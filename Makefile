@@ -3,7 +3,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slow lint bench clean
+.PHONY: run test test-slow test-long lint bench clean
 
 $(BIN)/bigmodel-ray: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,10 @@ lint: $(BIN)/bigmodel-ray
 	$(BIN)/python -m bigmodel_ray.spec.reference --check
 
 test-slow: $(BIN)/bigmodel-ray
-	$(BIN)/python -m pytest -q -m slow --durations=10
+	$(BIN)/python -m pytest -q -m "slow and not long" --durations=10
+
+test-long: $(BIN)/bigmodel-ray
+	$(BIN)/python -m pytest -q -m long --durations=10
 
 bench: $(BIN)/bigmodel-ray
 	$(BIN)/pip install -q -e '.[bench]'

@@ -108,7 +108,7 @@ def test_compiled_matches_eager(name, checkpointing):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", [pytest.param("ddp", marks=pytest.mark.long), "fsdp"])
 def test_both_options_train_under_ray(tiny_job, strategy):
     spec = load_job(tiny_job(f"compute-{strategy}", train={"strategy": strategy, "activation_checkpointing": True,
                                                           "compile": True}))

@@ -53,6 +53,7 @@ def test_an_hf_job_needs_text(bert_folder):
         validate({"name": "t", "data": {"source": "digits"}, "model": {"name": "hf", "args": {"path": "x"}}}, "t.yaml")
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

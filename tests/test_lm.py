@@ -80,6 +80,7 @@ def test_task_and_model_go_together(job, message):
     validate({"name": "t", "data": TEXT, "model": {"name": "text_lm"}, "train": {"task": "lm"}}, "t.yaml")
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_language_model_run_generates_and_a_classifier_starts_from_it(reviews_subset, tmp_path, capsys):
@@ -143,6 +144,7 @@ def test_init_from_a_run_folder_reads_its_final_checkpoint(tmp_path):
         init_from(clf, tmp_path / "checkpoint_1")
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_language_model_sweep_and_a_text_model_compressed(reviews_subset, tmp_path):

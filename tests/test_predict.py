@@ -177,6 +177,7 @@ def test_a_bad_run_data_or_out_exits_2_with_one_line(image_run, tmp_path, capsys
         assert out.read_text() == "keep me"
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_text_run_predicts_with_its_own_tokenizer(reviews_subset, tmp_path, capsys):
     from tokenizers import Tokenizer

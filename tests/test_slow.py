@@ -1,4 +1,5 @@
-"""Minutes-long checks, run by CI after the default suite: `make test-slow`."""
+"""Minutes-long checks, run by CI after the default suite (`make test-slow`); the shipped jobs
+marked `long` run with `make test-long`."""
 
 import json
 import os
@@ -21,10 +22,17 @@ PREPARE = {"image_folder": ["digits", "--format", "folder"],
            "parquet": [str(ROOT / "jobs" / "synthetic_augmented.yaml"), "--encoding", "jpeg"]}
 
 
-@pytest.mark.parametrize("job, floor", [("quickstart", 0.93), ("digits_cnn", 0.97), ("mnist1d_transformer", 0.90),
-                                        ("digits_augmented", 0.97), ("synthetic_augmented", 0.95),
-                                        ("image_folder", 0.95), ("parquet", 0.95),
-                                        ("digits_multitask", 0.9), ("digits_dann", 0.5)])
+LONG = pytest.mark.long
+
+
+@pytest.mark.parametrize("job, floor", [("quickstart", 0.93), ("digits_cnn", 0.97),
+                                        pytest.param("mnist1d_transformer", 0.90, marks=LONG),
+                                        pytest.param("digits_augmented", 0.97, marks=LONG),
+                                        pytest.param("synthetic_augmented", 0.95, marks=LONG),
+                                        pytest.param("image_folder", 0.95, marks=LONG),
+                                        pytest.param("parquet", 0.95, marks=LONG),
+                                        pytest.param("digits_multitask", 0.9, marks=LONG),
+                                        pytest.param("digits_dann", 0.5, marks=LONG)])
 def test_shipped_jobs_reach_their_accuracy(ray_cluster, tmp_path, job, floor):
     overrides = ["--set", f"storage={tmp_path}"]
     if job in PREPARE:

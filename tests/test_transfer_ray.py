@@ -96,6 +96,7 @@ def test_transfer_sweep_writes_the_cross_domain_matrix(source_run, tmp_path):
     assert summary["matrix"][0]["source_test_accuracy"] > 0.9
 
 
+@pytest.mark.long
 @pytest.mark.slow      # three seeds of DANN and source-only
 def test_dann_beats_source_only_on_a_designed_shift_over_seeds(ray_cluster, tmp_path):
     """Digits zoomed out to 70 %: the source MLP is near chance there; DANN, with no target
@@ -288,6 +289,7 @@ def test_transfer_checks_the_source_against_the_target(source_run, tmp_path):
         assert not (tmp_path / "runs" / "mismatch").exists()       # nothing written for a rejected job
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_transfer_between_two_user_image_folders(ray_cluster, tmp_path):
     """A user's own domain pair: two image folders (written by `data prepare`, the second from a
