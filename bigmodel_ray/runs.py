@@ -14,6 +14,13 @@ from bigmodel_ray.errors import SpecError
 from bigmodel_ray.storage import RunFolder, run_folder
 
 RESULT_FILE, SPEC_FILE, METRICS_FILE = "result.json", "spec.yaml", "metrics.jsonl"
+
+
+def unfinished(folder) -> str:
+    """What commands that need a finished run say of a run folder without its result yet."""
+    return f"{folder}: the run has not finished (no {RESULT_FILE} with a checkpoint): rerun its job to finish it"
+
+
 # Sections that change where results are also sent, never what a run computes: not compared on resume.
 NOT_COMPARED = frozenset({"tracking"})
 

@@ -77,6 +77,9 @@ def test_a_killed_rl_run_resumes_at_its_last_checkpoint_then_rolls_out_and_expor
     kept = max(json.loads(p.read_text())["epoch"] for p in run.glob("checkpoints/iteration_*/iteration.json"))
 
     capsys.readouterr()
+    for command in ("rollout", "export"):           # an interrupted run: both say so, the same way
+        assert main([command, str(run)]) == 2
+    assert capsys.readouterr().err.count(f"{run}: the run has not finished") == 2
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"resuming from iteration_{kept:06d}" in out

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bigmodel_ray.errors import SpecError
-from bigmodel_ray.runs import RESULT_FILE, result_checkpoint
+from bigmodel_ray.runs import RESULT_FILE, SPEC_FILE, result_checkpoint, unfinished
 from bigmodel_ray.storage import open_uri
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ def load_any(path: Path, task: str | None = None) -> "tuple[torch.nn.Module, tup
         if result.get("checkpoint"):                                  # a train run
             model, shape, default_out = load_any(result_checkpoint(path), task)
             return model, shape, path / default_out.name
+    if (path / SPEC_FILE).exists():
+        raise SpecError(unfinished(path))
     raise SpecError(f"{path}: not a run folder, checkpoint folder or .pt2 candidate")
 
 

@@ -21,7 +21,8 @@ def run(args) -> int:
 
     folder = open_uri(args.run)
     if not runs.finished(folder):
-        raise SpecError(f"{folder}: not a finished run folder (no result.json with a checkpoint)")
+        raise SpecError(runs.unfinished(folder) if (folder / runs.SPEC_FILE).exists()
+                        else f"{folder}: not a run folder (no {runs.SPEC_FILE})")
     if not 1 <= args.episodes <= 100_000 or not 0 <= args.seed < 2**31:
         raise SpecError("--episodes must be in 1..100000 and --seed in 0..2^31-1")
     policy, _ = load_run_policy(folder)
