@@ -144,10 +144,12 @@ def test_ranking_run_beats_most_popular_and_recommends_unseen_titles(ranking_run
     assert result["test_hr10"] > result["reference_test_hr10_most_popular"] + 0.05, result
     capsys.readouterr()
     assert main(["recommend", str(run), "--user", "196", "-k", "5"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    heading, header, *lines = capsys.readouterr().out.strip().splitlines()
+    assert heading.startswith("user 196: top 5 of the ") and header.split() == ["rank", "item", "score", "title"]
     assert len(lines) == 5 and all("(19" in line or "(20" in line for line in lines), lines     # titles with years
+    assert [int(line.split()[0]) for line in lines] == [1, 2, 3, 4, 5]
     ids = json.loads((run / "ids.json").read_text())
-    recommended = {int(line.split(".")[1].split()[0]) for line in lines}
+    recommended = {int(line.split()[1]) for line in lines}
     table = pq.read_table(__import__("bigmodel_ray.data.fetch", fromlist=["path_of"]).path_of("movielens"))
     seen = {i for u, i in zip(table["user_id"].to_pylist(), table["movie_id"].to_pylist()) if u == 196}
     assert recommended and not recommended & seen and recommended <= set(ids["items"])

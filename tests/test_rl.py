@@ -44,9 +44,17 @@ def test_bad_rl_settings_fail_in_one_line(tmp_path, capsys, change, message):
 def test_an_rl_job_has_no_train_or_data_section(tmp_path, capsys):
     path = _job(tmp_path)
     job = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump({**job, "train": {"batch_size": 8}}))
-    assert main(["validate", str(path)]) == 2
-    assert "train: not for kind rl" in capsys.readouterr().err
+    assert main(["validate", str(path)]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)       # only what an rl run reads
+    assert not {"train", "resources", "data", "model"} & set(resolved) and "dqn" not in resolved["rl"]
+    assert set(resolved["checkpoint"]) == {"every", "keep"}
+    path.write_text(yaml.safe_dump(resolved))               # the resolved job is a job, unchanged
+    assert main(["validate", str(path)]) == 0 and yaml.safe_load(capsys.readouterr().out) == resolved
+    for section, value, key in [("train", {"batch_size": 8}, "train"),
+                                ("checkpoint", {"evaluate": "last"}, "checkpoint.evaluate")]:
+        path.write_text(yaml.safe_dump({**job, section: value}))
+        assert main(["validate", str(path)]) == 2
+        assert f"{key}: not for kind rl" in capsys.readouterr().err
 
 
 def test_an_unknown_environment_fails_in_one_line_before_anything_is_written(ray_cluster, tmp_path, capsys):

@@ -4,6 +4,8 @@ them: MovieLens)."""
 
 import json
 
+import yaml
+
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.storage import open_uri
 
@@ -49,8 +51,13 @@ def run(args) -> int:
     scores[torch.from_numpy(seen.items[seen.users == user])] = float("-inf")
     top = scores.topk(args.k)
     named = titles(data)
+    task = yaml.safe_load((folder / runs.SPEC_FILE).read_text())["train"]["task"]
+    unseen = len(ids["items"]) - int((seen.users == user).sum())
+    print(f"user {args.user}: top {args.k} of the {unseen:,} items not in the user's history "
+          f"({'predicted rating' if task == 'rating' else 'ranking score, higher first'})")
+    print(f"{'rank':>4}  {'item':>8}  {'score':>7}" + ("  title" if named else ""))
     for rank, (score, item) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
         raw = ids["items"][item]
-        title = named.get(str(raw))
-        print(f"{rank:>3}. {raw}" + (f"  {title}" if title else "") + f"  ({score:.3f})")
+        title = named.get(str(raw), "")
+        print(f"{rank:>4}  {raw!s:>8}  {score:>7.3f}" + (f"  {title}" if named else ""))
     return 0

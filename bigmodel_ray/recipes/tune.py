@@ -98,8 +98,9 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     _prune_checkpoints(records)
     failed = [r for r in records if r.status == "failed"]
     if best := summary.get("best"):
-        say(f"{spec.name}: best {search.metrics[0]} {best[search.metrics[0]]:.4f} (trial {best['trial']}, "
-            f"test_accuracy {_fmt(best.get('test_accuracy'))}) -> {sweep_dir / 'best.yaml'}")
+        tested = [f"{m} {_fmt(best[m])}" for m in results.BEST_TEST_METRICS if m in best][:1]
+        say(f"{spec.name}: best {search.metrics[0]} {best[search.metrics[0]]:.4f} (trial "
+            f"{', '.join([best['trial'], *tested])}) -> {sweep_dir / 'best.yaml'}")
     if failed:
         raise RunFailed(f"{spec.name}: {len(failed)} of {len(records)} trials failed, e.g. {failed[0].error} "
                         f"(trials.csv in {sweep_dir})")

@@ -100,5 +100,7 @@ class KindSection(Section):
 
     # A trial reports once, at its end: early-stopping schedulers cannot judge it.
     reports_once: ClassVar[bool] = False
+    # Common sections the kind does not read: the resolved job (validate, spec.yaml) leaves them out.
+    unused: ClassVar[tuple[str, ...]] = ()
     # The kind starts from a run folder's model (spec/runs.py).
     run_input: ClassVar[RunInput | None] = None

@@ -181,8 +181,24 @@ def without_search(raw: dict) -> dict:
 
 
 def dump(spec: JobSpec) -> str:
+    """The resolved job as YAML, without the sections it leaves empty or its kind does not read."""
+    left_out: dict = {key: True for key in JobSpec.model_fields if getattr(spec, key) is None}
+    own = spec.kind_section
+    if own is not None:
+        for path in own.unused:                           # "train", "checkpoint.best"
+            section, _, field = path.partition(".")
+            if field:
+                left_out.setdefault(section, {})[field] = True
+            else:
+                left_out[section] = True
+        empty = {key: True for key, value in own if value is None and isinstance(own.__class__.model_fields[key]
+                                                                                .default, type(None))
+                 and any(isinstance(t, type) and issubclass(t, Section)
+                         for t in get_args(own.__class__.model_fields[key].annotation))}
+        if empty:
+            left_out[spec.kind] = empty
     try:
-        return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(spec.model_dump(mode="json", exclude=left_out), sort_keys=False)
     except (PydanticSerializationError, ValueError, RecursionError) as e:     # a value validation let through
         raise SpecError(f"{spec.name}: the resolved spec cannot be written as YAML ({type(e).__name__}: "
                         f"{cut(str(e))})") from None

@@ -2,7 +2,7 @@
 (bigmodel_ray/rl reads it). Everything a run needs besides `seed`, `storage`, `checkpoint`,
 `failure` and `search` is here: RL has no data or model sections."""
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -80,6 +80,8 @@ class RLSpec(KindSection):
             raise ValueError("must be a gymnasium environment id such as CartPole-v1")
         return v
 
+    unused: ClassVar[tuple[str, ...]] = ("train", "resources", "checkpoint.best", "checkpoint.evaluate")
+
     def supplies(self) -> frozenset[str]:
         return frozenset({"data", "model"})
 
@@ -94,13 +96,18 @@ class RLSpec(KindSection):
         return -(-self.env_steps // per_iteration)
 
     def complete(self, job) -> None:
-        from bigmodel_ray.spec.train import ResourcesSpec, TrainSpec
+        from bigmodel_ray.spec.train import CheckpointSpec, ResourcesSpec, TrainSpec
 
-        # A resolved job (spec.yaml, a sweep's trial) holds these sections at their defaults.
         given = [key for key, value in (("data", job.data), ("model", job.model)) if value is not None]
-        given += [key for key, section, default in (("train", job.train, TrainSpec()), ("resources", job.resources,
-                                                                                       ResourcesSpec()))
-                  if section.model_dump(exclude={"epochs"}) != default.model_dump(exclude={"epochs"})]
+        # A resolved job (spec.yaml, a sweep's trial) holds the unused sections at their defaults.
+        defaults = {"train": TrainSpec(), "resources": ResourcesSpec(), "checkpoint": CheckpointSpec()}
+        for path in self.unused:
+            section, _, field = path.partition(".")
+            value, default = getattr(job, section), defaults[section]
+            if field:
+                value, default = getattr(value, field), getattr(default, field)
+            if _plain(value) != _plain(default):
+                given.append(path)
         if given:
             raise ValueError(f"{given[0]}: not for kind rl (its settings are all in rl: env, hidden, lr, ...)")
         # A sweep's schedulers count iterations as epochs (ASHA's max_t, finished or stopped)
@@ -108,3 +115,8 @@ class RLSpec(KindSection):
 
     def trial_metrics(self, job) -> frozenset[str]:
         return RL_METRICS
+
+
+def _plain(value):
+    """A section's settings as data (the iteration count a job's train.epochs holds aside)."""
+    return value.model_dump(exclude={"epochs"}) if isinstance(value, Section) else value

@@ -21,7 +21,13 @@ from bigmodel_ray.spec.space import parse_distribution
 from bigmodel_ray.tune.space import trial_values
 from bigmodel_ray.tune.trial import history_file
 
-TABLE_METRICS = ("val_accuracy", "val_f1", "val_loss", "test_accuracy", "test_f1", "params")
+# Shown beside the objectives where some trial reports them (classifiers, language models,
+# recommenders, RL trials each report their own).
+TABLE_METRICS = ("val_accuracy", "val_f1", "val_perplexity", "val_rmse", "val_hr10", "val_ndcg10", "val_loss",
+                 "eval_return_mean", "env_steps", "test_accuracy", "test_f1", "test_perplexity", "test_rmse",
+                 "test_hr10", "params", "source_test_accuracy", "source_test_f1")
+# The best trial's test result, as its kind and task report it (the first found is printed).
+BEST_TEST_METRICS = ("test_accuracy", "test_f1", "test_rmse", "test_hr10", "test_ndcg10", "test_perplexity")
 
 
 @dataclass
@@ -69,8 +75,8 @@ def read_history(path: Path) -> pd.DataFrame:
 
 
 def table(records: list[TrialRecord], objectives: list[str]) -> pd.DataFrame:
-    metrics = list(dict.fromkeys([*objectives, *TABLE_METRICS]))
-    metrics += [m for m in ("source_test_accuracy", "source_test_f1") if any(m in r.last for r in records)]
+    shown = [m for m in TABLE_METRICS if any(r.last.get(m) is not None for r in records)]
+    metrics = list(dict.fromkeys([*objectives, *shown]))
     rows = []
     for r in records:
         row = {"trial": r.trial_id, "status": r.status, "epoch": r.last.get("epoch", 0),
@@ -126,7 +132,7 @@ def write(sweep_dir: Path, records: list[TrialRecord], raw_job: dict, search, sa
             f"# best trial {best.trial_id} of sweep {raw_job['name']}: {objectives[0]} {best.last[objectives[0]]:.4f}\n"
             + yaml.safe_dump(job, sort_keys=False))
         summary["best"] = {"trial": best.trial_id, "config": best.config,
-                           **{m: best.last.get(m) for m in (*objectives, "test_accuracy", "test_f1", "epoch")}}
+                           **{m: best.last.get(m) for m in (*objectives, *BEST_TEST_METRICS, "epoch") if m in best.last}}
     _plots(sweep_dir, records, frame, search)
     return summary
 
