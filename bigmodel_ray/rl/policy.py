@@ -6,6 +6,7 @@ distribution's inputs (PPO: logits for discrete actions, means then log-stds for
 ones). The greedy action is the best-scoring one, or the mean.
 """
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,8 @@ def load_scores(checkpoint: Path, algorithm: str) -> PolicyScores:
 
     checkpoint = Path(checkpoint)
     check_private(checkpoint)
+    # RLlib's own loader calls an API it has deprecated and says so on every load: not the user's business.
+    logging.getLogger("ray._common.deprecation").setLevel(logging.ERROR)
     module = RLModule.from_checkpoint(str(checkpoint.joinpath(*MODULE_PATH)))
     return PolicyScores(module, algorithm).eval()
 
