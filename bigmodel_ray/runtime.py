@@ -15,6 +15,7 @@ from bigmodel_ray.errors import RunFailed, first_line
 
 STATE_API = None    # the embedded Ray's dashboard URL: pass it to ray.util.state calls made here
 # (not set in os.environ: the Jobs SDK would then send every submission to this instance)
+_LOCAL = False      # whether the Ray joined is one of this machine's own (embedded, or `up`)
 
 
 def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool = False,
@@ -36,10 +37,12 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     run's controller is alive, and without a dashboard of its own it asks 127.0.0.1:8265 — on a
     shared machine another Ray's dashboard, whose "no such actor" made it tear down a healthy run.
     """
-    global STATE_API
+    global STATE_API, _LOCAL
     local = local_ray.running() if address is None and not _ray_started() else None
+    _LOCAL = address is None
     for key, value in ray_env(local=address is None).items():
-        os.environ.setdefault(key, value)
+        if local is None or os.environ.get("EXP_NOENV") != "1":
+            os.environ.setdefault(key, value)
     if not verbose:
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if local is not None:           # `bigmodel-ray up` is running: attach to it with its token
@@ -79,6 +82,11 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     data_ctx.enable_progress_bars = verbose and sys.stderr.isatty()
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.rllib"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def on_this_machine() -> bool:
+    """Whether this process's Ray is a single node on this machine: embedded, or `bigmodel-ray up`."""
+    return _LOCAL
 
 
 def ray_env(local: bool = True) -> dict[str, str]:

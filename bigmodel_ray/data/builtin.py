@@ -65,17 +65,22 @@ def load_mnist1d(val_fraction: float, test_fraction: float, split_seed: int, gen
     The test split is the generator's own; `test_fraction` does not apply. `mnist1d.data.get_dataset`
     is avoided on purpose: it downloads and unpickles a file.
     """
-    from mnist1d.data import ObjectView, get_dataset_args, make_dataset
+    from importlib.metadata import version
 
-    check_mnist1d_args(generator or {})
-    args = get_dataset_args(as_dict=True)
-    args.update({k: type(args[k])(v) for k, v in (generator or {}).items()})     # 1 -> 1.0: one cache file
-    args.pop("url")
-    cache = cache_dir() / f"mnist1d-{hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]}.npz"
+    # Named by the package's version and the arguments changed: importing the generator (scipy,
+    # matplotlib) costs ~1 s, which a cached set never pays. (A 1 and a 1.0 get two files.)
+    key = json.dumps({"mnist1d": version("mnist1d"), **(generator or {})}, sort_keys=True)
+    cache = cache_dir() / f"mnist1d-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
     else:  # generating takes ~7 s; cache it (numpy format, never pickle)
+        from mnist1d.data import ObjectView, get_dataset_args, make_dataset
+
+        check_mnist1d_args(generator or {})
+        args = get_dataset_args(as_dict=True)
+        args.update({k: type(args[k])(v) for k, v in (generator or {}).items()})
+        args.pop("url")
         raw = make_dataset(ObjectView(dict(args)))
         data = {k: np.asarray(raw[k]) for k in ("x", "y", "x_test", "y_test")}
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")

@@ -141,7 +141,9 @@ def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, sto
     distillation from a teacher). `here`: the loop runs in this process (train/in_process.py;
     a local `storage_path`; only where kinds.trains_in_trial says so)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+
+    from bigmodel_ray import runtime
+    from bigmodel_ray.train.trainer import LeanTorchTrainer
 
     res = spec.resources
     objective = objective or plan.objective or task_objective(spec, plan.data)
@@ -163,8 +165,8 @@ def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, sto
         return InProcessTrainer(train_worker, config, datasets=datasets, run_dir=Path(storage_path) / name,
                                 keep=keep or spec.checkpoint.keep, callbacks=callbacks,
                                 max_failures=spec.failure.max_failures)
-    return TorchTrainer(
-        train_worker,
+    return LeanTorchTrainer(
+        train_worker, local_ray=runtime.on_this_machine(),
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),

@@ -13,13 +13,16 @@ resumed or restarted after a failure remembers its best epoch and its patience e
 import math
 from dataclasses import asdict, dataclass
 
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
-from torch.distributed.fsdp import FSDPModule
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-# Full weights on every rank (FSDP2's shards gathered), gathered and loaded back the way a
-# checkpoint is written and a resumed run loads it.
-_FULL_STATE = StateDictOptions(full_state_dict=True)
+
+def _full_state():
+    """Full weights on every rank (FSDP2's shards gathered), gathered and loaded back the way a
+    checkpoint is written and a resumed run loads it. (Imported here: ~0.6 s that the driver,
+    which imports this module, never needs.)"""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict, state_dict.StateDictOptions(full_state_dict=True)
 
 
 @dataclass
@@ -113,19 +116,23 @@ class Best:
             return current_epoch
         # FSDP2 leaves the root's parameters gathered after a forward (the last evaluation):
         # loading needs them sharded again, as they are when a resumed run loads its state.
+        from torch.distributed.fsdp import FSDPModule
+
         for module in model.modules():
             if isinstance(module, FSDPModule):
                 module.reshard()
         # A shallow copy: the call renames the dict's keys in place (DDP's `module.` prefix added),
         # and these weights are still saved in the checkpoint and loaded again later.
-        set_model_state_dict(model, dict(self.weights), options=_FULL_STATE)   # as a resumed run loads its state
+        state_dict, full = _full_state()
+        state_dict.set_model_state_dict(model, dict(self.weights), options=full)   # as a resumed run loads its state
         return self.tracker.epoch
 
 
 def _full_weights(model) -> dict:
     """The model's full weights, copied to CPU on every rank (a collective).
     Keys as the bare model names them (never DDP's `module.` prefix, which no model loads)."""
-    weights = get_model_state_dict(model, options=_FULL_STATE)          # as a checkpoint gathers it
+    state_dict, full = _full_state()
+    weights = state_dict.get_model_state_dict(model, options=full)          # as a checkpoint gathers it
     # A copy: on CPU, "offloading" returns the live tensors themselves, which training goes on
     # changing (the "best" weights would silently become the last ones).
     weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}

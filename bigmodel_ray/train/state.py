@@ -16,13 +16,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from bigmodel_ray.errors import SpecError
@@ -31,8 +24,6 @@ from bigmodel_ray.spec.train import ModelSpec
 
 STATE_FILE = "state.pt"
 MODEL_DIR = "model"        # in a run folder: the model the run leaves (train/selection.py)
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-_LOAD = StateDictOptions(full_state_dict=True)
 
 
 def _distributed() -> bool:
@@ -62,9 +53,13 @@ def set_rng_state(state: dict) -> None:
 
 def gather_state(model, optimizer, scheduler, scaler, epoch: int, meta: dict, **more) -> dict | None:
     """Collective: every rank calls it; rank 0 gets the full state (and `more`), other ranks None."""
+    # Imported here: it costs ~0.8 s, and the driver, which never gathers, imports this module.
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    full_state = StateDictOptions(full_state_dict=True, cpu_offload=True)
     full = {
-        "model": get_model_state_dict(model, options=_FULL),
-        "optimizer": get_optimizer_state_dict(model, optimizer, options=_FULL),
+        "model": get_model_state_dict(model, options=full_state),
+        "optimizer": get_optimizer_state_dict(model, optimizer, options=full_state),
     }
     rngs = [rng_state()]
     if _distributed():
@@ -113,8 +108,11 @@ def read_state(directory: str | Path) -> dict:
 
 def restore_state(state: dict, model, optimizer, scheduler, scaler, rank: int) -> int:
     """Load a full state on every rank; returns the number of epochs already completed."""
-    set_model_state_dict(model, state["model"], options=_LOAD)
-    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=_LOAD)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    full_state = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, state["model"], options=full_state)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full_state)
     scheduler.load_state_dict(state["scheduler"])
     if scaler and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
