@@ -19,7 +19,7 @@ _LOCAL = False      # whether the Ray joined is one of this machine's own (embed
 
 
 def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool = False,
-              num_cpus: float | None = None, object_store_mb: int | None = None) -> None:
+              num_cpus: float | None = None, object_store_mb: int | None = None, state_api: bool = False) -> None:
     """Embedded Ray in this process (address None; the local Ray of `bigmodel-ray up` instead
     while it is up), or attach to a running cluster.
 
@@ -32,10 +32,12 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     the processes' resident memory grows with the amount of data streamed (measured: 1.47x peak
     for 10x data); a store a few times the pipeline's budget reuses its pages instead.
 
-    The embedded instance always runs its dashboard, on a free port unless `dashboard` asks for
-    the usual 8265: Ray Train's placement-group cleaner asks the dashboard's state API whether the
-    run's controller is alive, and without a dashboard of its own it asks 127.0.0.1:8265 — on a
-    shared machine another Ray's dashboard, whose "no such actor" made it tear down a healthy run.
+    The embedded instance runs no dashboard unless asked: `dashboard` serves it on the usual
+    8265, `state_api` on a free port (tests that look up Ray's actors). Starting it costs ~1 s of
+    `ray.init` and its processes' imports compete with the run's start; nothing a run does needs
+    it (Ray Train's placement-group cleaner, which asks it, is left out on a Ray of this machine:
+    train/trainer.py). With a dashboard, every process of the job is pointed at it: the state
+    API's auto-detection picks another Ray's dashboard (127.0.0.1:8265) on a shared machine.
     """
     global STATE_API, _LOCAL
     local = local_ray.running() if address is None and not _ray_started() else None
@@ -58,24 +60,23 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
         return
     cpus = None if address is not None else math.ceil(max(os.cpu_count() or 1, num_cpus or 0))
     attach = {"_node_ip_address": "127.0.0.1"} if local is not None else {}     # the node `up` started
+    served = address is None and (dashboard or state_api)
     port = 8265 if dashboard else free_port()
     embedded = {} if address is not None else {
         # Only this machine talks to it: the dashboard / Jobs API binds 127.0.0.1 (Ray's default,
         # stated), and the node advertises the loopback address. Ray 2.60's gRPC servers (GCS,
         # raylet) bind every interface regardless; the token is what keeps others out of them.
-        "num_cpus": cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
-        "_node_ip_address": "127.0.0.1",
-        "object_store_memory": object_store_mb * 2**20 if object_store_mb else None,
-        # Ray Train's placement-group cleaner finds the state API by auto-detection, which fails
-        # ("multiple active Ray instances") when another Ray runs on this machine: it then never
-        # frees a stopped run's CPUs. Point every worker of this job at our own dashboard.
-        "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
+        "num_cpus": cpus, "include_dashboard": served, "_node_ip_address": "127.0.0.1",
+        "object_store_memory": object_store_mb * 2**20 if object_store_mb else None}
+    if served:
+        embedded.update(dashboard_host="127.0.0.1", dashboard_port=port,
+                        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
     try:
         ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
                  **embedded, **attach)
     except Exception as e:      # e.g. its processes did not come up in time on an overloaded machine
         raise RunFailed(f"Ray did not start{f' at {address}' if address else ''}: {first_line(e)}") from None
-    if address is None:
+    if served:
         STATE_API = embedded["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"]
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.print_on_execution_start = verbose

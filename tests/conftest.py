@@ -37,7 +37,7 @@ def ray_cluster():
 
     # 3 CPUs = 2 trainers + the data pipeline, what `bigmodel-ray run` asks for on this 2-core
     # machine. The dashboard (for the state API) runs on a free port, never a shared 8265.
-    start_ray(num_cpus=3)
+    start_ray(num_cpus=3, state_api=True)
     yield
     ray.shutdown()
 
