@@ -126,3 +126,38 @@ def test_a_sweep_in_object_storage_resumes_elsewhere_only_from_its_own_signed_st
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
     assert "tuner.pkl: not signed with your key" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_multitask_and_transfer_runs_live_in_object_storage(s3_bucket, tmp_path, monkeypatch):
+    """A multitask run in the bucket, then a transfer run in the bucket that takes one of its
+    tasks as its source, resumed on a machine with nothing local."""
+    monkeypatch.setenv("BIGMODEL_RAY_CACHE", str(tmp_path / "cache"))
+
+    def job(name, **sections):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"name": name, "storage": f"{s3_bucket}/runs", "resources": {"workers": 1},
+                                        "train": {"epochs": 1, "batch_size": 64}, **sections}))
+        return path
+
+    multi = job("multi", kind="multitask", model={"name": "mlp"}, multitask={"tasks": {
+        "digits": {"data": {"source": "digits"}},
+        "inverted": {"data": {"source": "digits", "shift": {"invert": True}}}}})
+    summary = kinds.run(load_job(multi), str(multi), say=lambda _: None)
+    assert summary["run_dir"] == f"{s3_bucket}/runs/multi", summary
+    assert {"spec.yaml", "metrics.jsonl", "result.json", "model/state.pt"} <= _stored(s3_bucket, "multi")
+
+    shutil.rmtree(cache_root())          # the source is read from the bucket alone
+    sections = {"kind": "transfer", "data": {"source": "digits", "shift": {"invert": True}},
+                "transfer": {"source": f"{s3_bucket}/runs/multi", "source_task": "inverted",
+                             "strategy": "full"}}
+    first = kinds.run(load_job(job("tuned", **sections)), "tuned.yaml", say=lambda _: None)
+    assert {"spec.yaml", "metrics.jsonl", "result.json", "model/state.pt"} <= _stored(s3_bucket, "tuned")
+    shutil.rmtree(cache_root())          # another machine: the run resumes from the bucket
+    more = job("tuned", **sections, train={"epochs": 2, "batch_size": 64})
+    second = kinds.run(load_job(more), str(more), say=lambda _: None)
+    assert (first["epochs"], second["epochs"], second["resumed_from_epoch"]) == (1, 2, 1), second
+    fs, path = filesystem(f"{s3_bucket}/runs/tuned")
+    with fs.open_input_stream(f"{path}/metrics.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f.read().decode().splitlines()] == [1, 2]
