@@ -43,8 +43,7 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     local = local_ray.running() if address is None and not _ray_started() else None
     _LOCAL = address is None
     for key, value in ray_env(local=address is None).items():
-        if local is None or os.environ.get("EXP_NOENV") != "1":
-            os.environ.setdefault(key, value)
+        os.environ.setdefault(key, value)
     if not verbose:
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if local is not None:           # `bigmodel-ray up` is running: attach to it with its token

@@ -4,8 +4,6 @@ them: MovieLens)."""
 
 import json
 
-import yaml
-
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.storage import open_uri
 
@@ -23,7 +21,7 @@ def run(args) -> int:
 
     from bigmodel_ray import runs
     from bigmodel_ray.data.interactions import IDS_FILE, read_interactions, titles
-    from bigmodel_ray.predict.run import read_run_data
+    from bigmodel_ray.predict.run import read_run_data, read_run_job
     from bigmodel_ray.train.state import load_model
 
     folder = open_uri(args.run)
@@ -48,11 +46,12 @@ def run(args) -> int:
     items = torch.arange(len(ids["items"]))
     with torch.no_grad():
         scores = model(torch.cat([torch.tensor([user]), items]).unsqueeze(0))[0]
-    scores[torch.from_numpy(seen.items[seen.users == user])] = float("-inf")
+    history = seen.items[seen.users == user]
+    scores[torch.from_numpy(history)] = float("-inf")
     top = scores.topk(args.k)
     named = titles(data)
-    task = yaml.safe_load((folder / runs.SPEC_FILE).read_text())["train"]["task"]
-    unseen = len(ids["items"]) - int((seen.users == user).sum())
+    task = read_run_job(folder)["train"]["task"]
+    unseen = len(ids["items"]) - len(history)
     print(f"user {args.user}: top {args.k} of the {unseen:,} items not in the user's history "
           f"({'predicted rating' if task == 'rating' else 'ranking score, higher first'})")
     print(f"{'rank':>4}  {'item':>8}  {'score':>7}" + ("  title" if named else ""))

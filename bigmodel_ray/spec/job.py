@@ -180,6 +180,13 @@ def without_search(raw: dict) -> dict:
     return {k: v for k, v in raw.items() if k != "search"}
 
 
+def _empty_subsections(section: Section) -> list[str]:
+    """A section's optional sub-sections left out (an rl job's other algorithm)."""
+    fields = type(section).model_fields
+    return [key for key, value in section if value is None and fields[key].default is None
+            and any(isinstance(t, type) and issubclass(t, Section) for t in get_args(fields[key].annotation))]
+
+
 def dump(spec: JobSpec) -> str:
     """The resolved job as YAML, without the sections it leaves empty or its kind does not read."""
     left_out: dict = {key: True for key in JobSpec.model_fields if getattr(spec, key) is None}
@@ -191,12 +198,8 @@ def dump(spec: JobSpec) -> str:
                 left_out.setdefault(section, {})[field] = True
             else:
                 left_out[section] = True
-        empty = {key: True for key, value in own if value is None and isinstance(own.__class__.model_fields[key]
-                                                                                .default, type(None))
-                 and any(isinstance(t, type) and issubclass(t, Section)
-                         for t in get_args(own.__class__.model_fields[key].annotation))}
-        if empty:
-            left_out[spec.kind] = empty
+        if empty := _empty_subsections(own):
+            left_out[spec.kind] = dict.fromkeys(empty, True)
     try:
         return yaml.safe_dump(spec.model_dump(mode="json", exclude=left_out), sort_keys=False)
     except (PydanticSerializationError, ValueError, RecursionError) as e:     # a value validation let through
