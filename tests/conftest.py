@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 # Read by ray.init and forwarded to Train controller/workers: must be set before Ray starts.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -13,7 +16,8 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 # A Ray that `bigmodel-ray up` keeps running on this machine is not the tests': they start their own.
-os.environ["BIGMODEL_RAY_LOCAL"] = __import__("tempfile").mkdtemp(prefix="bmr-local-")
+os.environ["BIGMODEL_RAY_LOCAL"] = tempfile.mkdtemp(prefix="bmr-local-")
+atexit.register(shutil.rmtree, os.environ["BIGMODEL_RAY_LOCAL"], True)
 
 import signal  # noqa: E402
 import subprocess  # noqa: E402
