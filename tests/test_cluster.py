@@ -32,6 +32,7 @@ class LoopbackCluster:
     address: str           # http://127.0.0.1:<dashboard port>
     token_path: Path
     temp_dir: str
+    gcs: str               # 127.0.0.1:<port>, what `run --address` attaches to
 
 
 def _agent_ports() -> list[str]:
@@ -70,7 +71,7 @@ def loopback_cluster():
                        env=env, check=True, capture_output=True, timeout=120)
         subprocess.run([ray, "start", "--address", f"127.0.0.1:{gcs}", "--resources", '{"second_node": 1}',
                         *common, *_agent_ports()], env=env, check=True, capture_output=True, timeout=120)
-        yield LoopbackCluster(f"http://127.0.0.1:{dashboard}", token_path, temp_dir)
+        yield LoopbackCluster(f"http://127.0.0.1:{dashboard}", token_path, temp_dir, f"127.0.0.1:{gcs}")
     finally:
         stop(temp_dir, gcs)
         assert processes(temp_dir, gcs) == [], "cluster processes left behind"
@@ -143,6 +144,32 @@ def test_a_job_across_both_nodes_keeps_its_run_in_object_storage(with_token, s3_
     assert result["last_checkpoint"].startswith(f"{s3_bucket}/runs/cluster_s3/checkpoint_")
     with fs.open_input_stream(f"{path}/metrics.jsonl") as f:
         assert [json.loads(line)["epoch"] for line in f.read().decode().splitlines()] == [1, 2]
+
+
+def test_a_sweep_in_object_storage_asks_every_node_whether_it_sees_the_mirror(with_token, s3_bucket, tiny_job,
+                                                                             tmp_path):
+    """A sweep works in a mirror of the bucket that Ray's processes on every node write into. The
+    driver asks each node; here, a driver whose cache is a tmpfs in a mount namespace of its own
+    (what another machine's disk is to the other node) is refused in one line, before anything runs."""
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no mount namespaces here (unshare --mount needs CAP_SYS_ADMIN)")
+    job = tiny_job("sweep_s3", storage=f"{s3_bucket}/runs", resources={"workers": 1},
+                   search={"space": {"train.optimizer.lr": "grid([0.003, 0.01])"}, "search_alg": "grid"})
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {**os.environ, "BIGMODEL_RAY_CACHE": str(cache), "RAY_AUTH_MODE": "token"}
+    mirror_of = ("import sys; from bigmodel_ray import runs, runtime; from bigmodel_ray.spec import load_job\n"
+                 "runtime.start_ray(sys.argv[1]); print(runs.run_dir_of(load_job(sys.argv[2]), sys.argv[2], whole=True))")
+    seen = subprocess.run([sys.executable, "-c", mirror_of, with_token.gcs, str(job)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert seen.returncode == 0 and seen.stdout.strip().startswith(str(cache)), seen.stderr[-2000:]
+
+    private = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"',
+               str(cache), str(VENV_BIN / "bigmodel-ray"), "run", str(job), "--address", with_token.gcs]
+    refused = subprocess.run(private, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "1 of the cluster's other nodes do not see" in refused.stderr and refused.stderr.count("\n") == 1, \
+        refused.stderr
 
 
 def test_cli_submit_follow_mirrors_a_failed_job(with_token, tiny_job, capsys):
