@@ -1,13 +1,14 @@
 """The project's text jobs vs TF-IDF + logistic regression, on the same rows of the same split;
-and a language model of the reviews vs gzip, and the department classifier fine-tuned from it.
+and a language model of the reviews vs gzip, and the classifiers fine-tuned from it.
 
-For each classifier job (default: reviews_recommend, reviews_department, and reviews_pretrained:
-department again, a transfer from reviews_lm) the train and test rows are taken through the
-job's own pipeline (data/text.py: the same hash split, the same joined title + review, the same
-rows without text dropped), a TF-IDF (1-2 grams, min_df 2, sublinear tf) + logistic regression
-(C=4) is fitted on the train rows, and the job is trained as shipped (Ray Train, 2 DDP workers).
-The language model job (reviews_lm) reports test bits per character beside gzip -9's on the
-same text. Printed: test accuracy and macro-F1 of both, the difference, and the LM's numbers.
+For each classifier job (default: reviews_recommend, reviews_department, and the same two
+fine-tuned from reviews_lm: reviews_recommend_pretrained, reviews_pretrained) the train and test
+rows are taken through the job's own pipeline (data/text.py: the same hash split, the same
+joined title + review, the same rows without text dropped), a TF-IDF (1-2 grams, min_df 2,
+sublinear tf) + logistic regression (C=4) is fitted on the train rows, and the job is trained
+as shipped (Ray Train, 2 DDP workers). The language model job (reviews_lm) reports test bits
+per character beside gzip -9's on the same text. Printed: test accuracy and macro-F1 of both,
+the difference, and the LM's numbers.
 Needs `bigmodel-ray data fetch reviews` first.
 
     python benchmarks/text_baseline.py [JOB ...] [--storage DIR]
@@ -23,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 JOBS = ["jobs/reviews_recommend.yaml", "jobs/reviews_department.yaml", "jobs/reviews_lm.yaml",
-        "jobs/reviews_pretrained.yaml"]
+        "jobs/reviews_recommend_pretrained.yaml", "jobs/reviews_pretrained.yaml"]
 
 
 def split_rows(spec) -> dict[str, tuple[list[str], list]]:
