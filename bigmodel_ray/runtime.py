@@ -115,13 +115,41 @@ def _private_token() -> None:
     folder, removed at exit): without it any local user could submit code through the dashboard's
     Jobs API or the GCS and have it run as us. Ray reads RAY_AUTH_* from the environment only;
     its processes inherit it."""
-    folder = Path(tempfile.mkdtemp(prefix="bigmodel-ray-auth-"))      # mode 0700
+    _remove_orphan_tokens()
+    folder = Path(tempfile.mkdtemp(prefix=f"{TOKEN_PREFIX}{os.getpid()}-"))      # mode 0700
     token = folder / "token"
     fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
     atexit.register(shutil.rmtree, folder, True)
     _use_token(token)
+
+
+TOKEN_PREFIX = "bigmodel-ray-auth-"
+
+
+def _remove_orphan_tokens() -> None:
+    """Token folders of this user's embedded Rays whose process is gone without its exit handler
+    (killed): removed, so that a killed run leaves no token behind for long. The folder is named
+    by its process; one whose process still runs (or is another's of the same id) is left alone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{TOKEN_PREFIX}*-*"):
+        pid = folder.name.removeprefix(TOKEN_PREFIX).split("-")[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid() or _alive(int(pid)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _use_token(path) -> None:

@@ -199,6 +199,25 @@ def test_the_embedded_ray_refuses_requests_without_its_token(ray_cluster):
     assert ok.status == 200
 
 
+def test_a_killed_runs_token_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    """The embedded Ray's token folder goes at exit; a run killed before its exit handler leaves
+    it, and the next embedded Ray removes it (its process is gone), never a living process's."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from bigmodel_ray import runtime
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan, living = (tmp_path / f"{runtime.TOKEN_PREFIX}{pid}-abc" for pid in (gone.stdout.strip(), os.getpid()))
+    for folder in (orphan, living):
+        folder.mkdir()
+        (folder / "token").write_text("secret")
+    runtime._remove_orphan_tokens()
+    assert not orphan.exists() and (living / "token").exists()
+
+
 def test_nothing_here_loads_torch_files_without_weights_only():
     """A guard on the code itself: every torch.load says weights_only=True, and nothing else
     unpickles (pickle / torch.export.load appear only where integrity checks come first)."""
