@@ -83,9 +83,7 @@ def load_mnist1d(val_fraction: float, test_fraction: float, split_seed: int, gen
         args.pop("url")
         raw = make_dataset(ObjectView(dict(args)))
         data = {k: np.asarray(raw[k]) for k in ("x", "y", "x_test", "y_test")}
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **data)
-        tmp.replace(cache)  # atomic: concurrent runs never read a half-written file
+        _save_arrays(cache, **data)
     x, x_test = (data[k].astype(np.float32)[:, None] for k in ("x", "x_test"))   # (n, 1, 40)
     y, y_test = (data[k].astype(np.int64) for k in ("y", "y_test"))
     return {"test": (x_test, y_test), **_carve_val(x, y, val_fraction, split_seed)}
@@ -113,10 +111,14 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
 
     train, val = train_test_split(np.arange(len(y)), test_size=fraction, random_state=seed, stratify=y)
     cache.parent.mkdir(exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, train=train, val=val)
-    tmp.replace(cache)      # atomic: concurrent runs never read a half-written file
+    _save_arrays(cache, train=train, val=val)
     return train, val
+
+
+def _save_arrays(path, **arrays) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)      # atomic: concurrent runs never read a half-written file
 
 
 BUILTIN = {"digits": load_digits, "mnist1d": load_mnist1d}
