@@ -96,27 +96,54 @@ def check_private(folder: Path, files) -> None:
 
 
 SIGNATURES = "signatures.json"
+# Tags kept per file: the newest first. A sweep's state is rewritten while an earlier copy may
+# still be on its way to object storage, so a stored set can mix two consecutive versions.
+VERSIONS_KEPT = 3
 
 
-def sign_files(folder: Path, files) -> None:
-    """Tag `files` (inside `folder`) in folder/signatures.json."""
-    key = signing_key()
-    tags = {f.relative_to(folder).as_posix(): tag(f, key) for f in files if f.name != SIGNATURES}
+def tag_bytes(data: bytes, key: bytes | None = None) -> str:
+    return hmac.new(key or signing_key(), data, hashlib.sha256).hexdigest()
+
+
+def sign_files(folder: Path, files, known: dict[str, str] | None = None) -> None:
+    """Tag `files` (inside `folder`) in folder/signatures.json, beside the tags it holds already
+    (files signed earlier elsewhere, earlier versions of these); `known`: tags of files that
+    are not in `folder`, by name."""
+    key, tags = signing_key(), read_tags(folder / SIGNATURES)
+    fresh = {f.relative_to(folder).as_posix(): tag(f, key) for f in files if f.name != SIGNATURES}
+    for name, new in {**(known or {}), **fresh}.items():
+        tags[name] = [new, *(t for t in tags.get(name, []) if t != new)][:VERSIONS_KEPT]
     tmp = folder / (SIGNATURES + ".tmp")
     tmp.write_text(json.dumps(tags, indent=1))
     tmp.replace(folder / SIGNATURES)
 
 
+def read_tags(path: Path | None = None, text: str | None = None) -> dict[str, list[str]]:
+    """signatures.json as {file: [tags]}; anything else in it counts as no tags."""
+    try:
+        tags = json.loads(path.read_text() if text is None else text)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(tags, dict):
+        return {}
+    tags = {k: [v] if isinstance(v, str) else v for k, v in tags.items()}
+    return {k: [t for t in v if isinstance(t, str)] for k, v in tags.items() if isinstance(v, list)}
+
+
+def signed(data: bytes, tags: list[str]) -> bool:
+    actual = tag_bytes(data)
+    return any(hmac.compare_digest(actual, t) for t in tags)
+
+
+def not_signed(where: str) -> SpecError:
+    return SpecError(f"{where}: not signed with your key ({KEY_ENV}); resuming would unpickle state that someone "
+                     f"else could have written. Resume as the user who ran the sweep, or start it under a new name")
+
+
 def check_signed(folder: Path, files, where: str) -> None:
     """Refuse (one line) unless every one of `files` carries this user's tag in signatures.json."""
-    try:
-        tags = json.loads((folder / SIGNATURES).read_text())
-    except (OSError, ValueError):
-        tags = {}
+    tags = read_tags(folder / SIGNATURES)
     for f in files:
         name = f.relative_to(folder).as_posix()
-        expected = tags.get(name) if isinstance(tags, dict) else None
-        if f.name != SIGNATURES and (not isinstance(expected, str) or not hmac.compare_digest(tag(f), expected)):
-            raise SpecError(f"{where}/{name}: not signed with your key ({KEY_ENV}); resuming would unpickle state "
-                            f"that someone else could have written. Resume as the user who ran the sweep, or "
-                            f"start it under a new name")
+        if f.name != SIGNATURES and not signed(f.read_bytes(), tags.get(name, [])):
+            raise not_signed(f"{where}/{name}")

@@ -6,7 +6,6 @@ killed run never leaves half a file behind.
 """
 
 import json
-import secrets
 from pathlib import Path
 
 import yaml
@@ -33,48 +32,14 @@ def folder_of(spec) -> RunFolder:
 
 def run_dir_of(spec, source: str, whole: bool = False) -> Path:
     """The job's run folder to work in: for a run in object storage, its local mirror, made a
-    copy of what is stored (so a run resumes on any machine); `whole` for a kind whose Ray runs
-    write into the folder itself (storage.RunFolder.pull)."""
+    copy of what is stored (so a run resumes on any machine); `whole`: Ray's files too
+    (storage.RunFolder.pull), for a sweep, which reads Tune's."""
     folder = folder_of(spec)
     try:
         folder.pull(whole)
-        if whole and folder.fs is not None:
-            _check_every_node_sees(folder.local)
     except SpecError as e:
         raise SpecError(f"{source}: {e}" if source else str(e)) from None
     return folder.local
-
-
-def _check_every_node_sees(mirror: Path) -> None:
-    """A run that Ray writes into its mirror (a sweep's trials, a compress job's fine-tunes) needs
-    every node of the cluster to see the mirror: Ray's processes on a node that does not would
-    write their trials and checkpoints to that node's own disk, where this driver never finds
-    them. Asked of each node for real: a file made here, looked for there."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    if not ray.is_initialized():
-        return
-    here = ray.get_runtime_context().get_node_id()
-    others = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != here and n["Resources"].get("CPU")]
-    if not others:
-        return
-    marker = mirror / f".seen-by-every-node-{secrets.token_hex(4)}"
-    marker.write_text("")
-    try:
-        sees = ray.remote(num_cpus=0)(_exists)
-        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-                       .remote(str(marker)) for node in others])
-    finally:
-        marker.unlink()
-    if not all(seen):
-        raise SpecError(f"storage: this job works in a mirror of the bucket ({mirror}) that {seen.count(False)} "
-                        f"of the cluster's other nodes do not see: set BIGMODEL_RAY_CACHE on every node to a folder "
-                        f"they all mount (docs/cluster.md), or run it on one node")
-
-
-def _exists(path: str) -> bool:
-    return Path(path).exists()
 
 
 def check_same_job(run_dir: Path, spec, source: str, keys=("model", "data", "seed"), what="run") -> None:

@@ -6,7 +6,8 @@ A run in object storage is worked on through a local mirror on the driver's mach
 of the run's own files (spec, epoch log, result, plots, the chosen model) before the run reads
 them, and `push` sends what the run wrote back. A train run's checkpoints never pass through it:
 the workers write them to the bucket themselves, so no node needs a folder that others mount.
-A sweep or a compress job works wholly in the mirror (`pull(whole=True)`), which is sent back.
+A sweep goes further: Tune and the trials write to the bucket themselves, wherever they run,
+and the driver brings what they wrote into its mirror (`refresh`) to read the results.
 
 Credentials are never part of a job (the job file is stored with the run): each process finds
 them as the cloud's SDKs do (AWS_ACCESS_KEY_ID/..., an instance profile, a service account).
@@ -29,6 +30,7 @@ SECRET_OPTIONS = frozenset({"access_key", "secret_key", "session_token", "access
                             "role_arn", "external_id"})
 # Ray's own files in a run folder: read through Ray (its checkpoints can be large), never mirrored.
 RAY_OWNED = ("checkpoint_", ".validate_storage_marker")
+OURS = "sent from here"
 
 
 def is_remote(storage: str) -> bool:
@@ -85,7 +87,9 @@ class RunFolder:
     fs: object = None
     remote: str | None = None
     _sent: dict = field(default_factory=dict, repr=False)      # file -> (size, mtime) when last pulled or sent
-    before_push: object = None      # called with `local` before each push (a sweep signs its state)
+    # relative path -> the stored file's (size, mtime) when this process last copied it, or
+    # OURS for a file this process sends: what `refresh` need not fetch again.
+    _seen: dict = field(default_factory=dict, repr=False)
 
     def ray_storage(self) -> dict:
         """RunConfig's storage arguments for a Ray run named after this folder, inside it."""
@@ -101,42 +105,92 @@ class RunFolder:
                 self._pull(whole)
 
     def _pull(self, whole: bool) -> None:
+        _remove_mirror(self.local)
+        self._sent.clear()
+        self._seen.clear()
+        self.local.mkdir(parents=True)
+        self._fetch_changed(whole)
+
+    def refresh(self) -> None:
+        """Bring into the mirror what others wrote to storage since this process last looked
+        (a sweep's trials and Tune, on any node), leaving the files this process sends alone."""
+        if self.fs is not None:
+            with _said(f"cannot read {self.uri}"):
+                self._fetch_changed(whole=True)
+
+    def fetch(self, name: str) -> None:
+        """One file of the run from storage into the mirror, if it is stored."""
+        if self.fs is not None:
+            with _said(f"cannot read {self.uri}"):
+                self._fetch_changed(whole=False, only=name)
+
+    def _fetch_changed(self, whole: bool, only: str | None = None) -> None:
         import pyarrow.fs as pafs
 
-        _remove_mirror(self.local)
-        self.local.mkdir(parents=True)
-        infos = self.fs.get_file_info(pafs.FileSelector(self.remote, allow_not_found=True, recursive=True))
+        if only is not None:
+            infos = self.fs.get_file_info([f"{self.remote}/{only}"])
+        else:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.remote, allow_not_found=True, recursive=True))
         for info in infos:
             relative = PurePosixPath(info.path).relative_to(self.remote)
             if info.type != pafs.FileType.File or not whole and any(p.startswith(RAY_OWNED) for p in relative.parts):
+                continue
+            stored = (info.size, info.mtime_ns)
+            if self._seen.get(relative) in (OURS, stored):
                 continue
             target = self.local / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             pafs.copy_files(info.path, str(target), source_filesystem=self.fs,
                             destination_filesystem=pafs.LocalFileSystem())
-            self._sent[target] = _version(target)
+            self._sent[target], self._seen[relative] = _version(target), stored
 
     def push(self, *names: str) -> None:
-        """Send the run's files (or just `names`) from the mirror to storage, those changed since
+        """Send the run's files (or just `names`: files or folders) from the mirror to storage, those changed since
         they were last sent; each file is replaced whole, so a reader never sees half of one.
-        Deepest first: a folder's top-level files (a sweep's state) name what is below them."""
+        Deepest first: a folder's top-level files name what is below them. Hidden folders (a
+        sweep trial's own Ray Train runs) are the scratch of the process that made them: kept."""
         if self.fs is not None and self.local.exists():
-            if self.before_push is not None and not names:
-                self.before_push(self.local)
             with _said(f"cannot write {self.uri}"):
                 self._push(names)
 
     def _push(self, names) -> None:
         import pyarrow.fs as pafs
 
-        paths = [self.local / n for n in names] if names else [p for p in self.local.rglob("*") if p.is_file()]
+        tops = [self.local / n for n in names] if names else [self.local]
+        paths = [p for top in tops for p in ([top] if top.is_file() else top.rglob("*"))]
         for path in sorted(paths, key=lambda p: -len(p.parts)):
-            if not path.is_file() or path.name.endswith(".tmp") or self._sent.get(path) == (version := _version(path)):
+            relative = path.relative_to(self.local)
+            if (not path.is_file() or path.name.endswith(".tmp") or any(p.startswith(".") for p in relative.parts)
+                    or self._sent.get(path) == (version := _version(path))):
                 continue
-            relative = path.relative_to(self.local).as_posix()
-            pafs.copy_files(str(path), f"{self.remote}/{relative}", source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
-            self._sent[path] = version
+            pafs.copy_files(str(path), f"{self.remote}/{relative.as_posix()}",
+                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+            self._sent[path], self._seen[PurePosixPath(relative.as_posix())] = version, OURS
+
+    def remove(self, name: str) -> None:
+        """Delete a file or folder of the run, in the mirror and in storage."""
+        local = self.local / name
+        if local.is_dir():
+            shutil.rmtree(local, ignore_errors=True)
+        else:
+            local.unlink(missing_ok=True)
+        if self.fs is not None:
+            import pyarrow.fs as pafs
+
+            with _said(f"cannot write {self.uri}"):
+                path = f"{self.remote}/{name}"
+                kind = self.fs.get_file_info(path).type
+                if kind == pafs.FileType.Directory:
+                    self.fs.delete_dir(path)
+                elif kind == pafs.FileType.File:
+                    self.fs.delete_file(path)
+
+    def on_this_node(self) -> "RunFolder":
+        """This folder for another process, perhaps on another node (it was sent there): the same
+        storage, opened as it was here, with a mirror in that process's cache."""
+        if self.fs is None:
+            return RunFolder(self.local, self.uri)
+        return RunFolder(cache_root() / self.uri.partition("://")[0] / self.remote, self.uri, self.fs, self.remote)
 
     def uri_of(self, path: str) -> str:
         """A path Ray gives inside this folder's filesystem, as a URI (local: the path)."""

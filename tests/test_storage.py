@@ -161,3 +161,53 @@ def test_multitask_and_transfer_runs_live_in_object_storage(s3_bucket, tmp_path,
     fs, path = filesystem(f"{s3_bucket}/runs/tuned")
     with fs.open_input_stream(f"{path}/metrics.jsonl") as f:
         assert [json.loads(line)["epoch"] for line in f.read().decode().splitlines()] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_compress_job_in_object_storage_fine_tunes_through_the_bucket(s3_bucket, tmp_path, monkeypatch):
+    """Its teacher and its fine-tunes are Ray Train runs in the bucket (any node's workers reach
+    them); its candidates and table land there too, and export reads them from the bucket alone."""
+    monkeypatch.setenv("BIGMODEL_RAY_CACHE", str(tmp_path / "cache"))
+    job = tmp_path / "small.yaml"
+    job.write_text(yaml.safe_dump({
+        "name": "small", "kind": "compress", "storage": f"{s3_bucket}/runs", "data": {"source": "digits"},
+        "model": {"name": "mlp"}, "train": {"epochs": 1, "batch_size": 64}, "resources": {"workers": 1},
+        "compress": {"methods": [{"method": "prune", "amount": 0.5, "finetune_epochs": 1}],
+                     "measure": {"batch_sizes": [1], "rounds": 1}}}))
+    summary = kinds.run(load_job(job), str(job), say=lambda _: None)
+    assert [c["candidate"] for c in summary["candidates"]] == ["teacher", "1-prune"]
+    stored = _stored(s3_bucket, "small")
+    assert {"result.json", "candidates.csv", "candidates/1-prune.pt2"} <= stored, stored
+    assert any(p.startswith("finetune/") and p.endswith("state.pt") for p in stored), stored
+    shutil.rmtree(cache_root())
+    assert main(["export", f"{s3_bucket}/runs/small"]) == 0
+
+
+def test_tune_reads_a_sweeps_state_through_a_view_that_checks_each_file(tmp_path):
+    """What Tune is given as a sweep's storage: state files (pickles) are checked in the read
+    itself, data files pass as they are, and a copy (Tune's sync-down) is checked the same way."""
+    from bigmodel_ray import integrity
+    from bigmodel_ray.tune.signed_state import state_files, verified
+
+    root = tmp_path / "sweep"
+    (root / "run_trial_1").mkdir(parents=True)
+    (root / "tuner.pkl").write_bytes(b"v1")
+    (root / "run_trial_1" / "params.pkl").write_bytes(b"params")
+    (root / "trials.csv").write_text("trial\n")
+    assert {p.name for p in state_files(root)} == {"tuner.pkl", "params.pkl"}
+    integrity.sign_files(root, state_files(root))
+    (root / "tuner.pkl").write_bytes(b"v2")             # saved again: both versions stay signed
+    integrity.sign_files(root, state_files(root))
+    (root / "tuner.pkl").write_bytes(b"v1")
+
+    fs = verified(pafs.LocalFileSystem(), str(root))
+    assert fs.open_input_file(f"{root}/tuner.pkl").read() == b"v1"
+    (root / "trials.csv").write_text("changed")        # data, never unpickled: read as it is
+    assert fs.open_input_stream(f"{root}/trials.csv").read() == b"changed"
+    (root / "run_trial_1" / "params.pkl").write_bytes(b"written by someone else")
+    with pytest.raises(SpecError, match="params.pkl: not signed with your key"):
+        fs.open_input_stream(f"{root}/run_trial_1/params.pkl")
+    with pytest.raises(SpecError, match="params.pkl: not signed"):
+        pafs.copy_files(f"{root}/run_trial_1/params.pkl", str(tmp_path / "copy.pkl"), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())

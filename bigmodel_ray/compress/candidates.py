@@ -111,10 +111,13 @@ def choose(table: pd.DataFrame, c, folder: Path) -> str | None:
     return selected
 
 
+FOLDER = "candidates"      # in the run (or sweep) folder: <name>.pt2 and <name>.json
+
+
 def save(candidates, run_dir: Path, input_shape, num_classes: int, example, say) -> dict:
     """Each candidate as a `torch.export` program, signed (integrity.py: loading one unpickles parts
     of it), with its shapes and tag in `<name>.json`."""
-    folder = run_dir / "candidates"
+    folder = run_dir / FOLDER
     folder.mkdir(exist_ok=True)
     saved = {}
     batch = batch_dim()

@@ -13,7 +13,6 @@ In a sweep every trial compresses the one teacher with its own values and report
 sweep then measures the teacher beside every trial's candidate and applies the job's rule.
 """
 
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +72,10 @@ def resolve_teacher(spec: JobSpec, source: str, say) -> Teacher:
     return Teacher(spec, model, checkpoint, plan, cands.Evaluator(spec, plan.data))
 
 
-def compress(t: Teacher, source: str, work_dir: Path, say, here: bool = False) -> list[Candidate]:
-    """The job's methods applied to the teacher: one candidate per method, in order. `here`:
-    fine-tunes run in this process (a sweep's trial: kinds.trains_in_trial)."""
+def compress(t: Teacher, source: str, train_runs: tuple[str, object], say, here: bool = False) -> list[Candidate]:
+    """The job's methods applied to the teacher: one candidate per method, in order. Fine-tunes
+    are Ray Train runs in `train_runs` (storage_path, storage_filesystem); `here`: they run in
+    this process (a sweep's trial: kinds.trains_in_trial)."""
     spec = t.spec
 
     def finetune(model, epochs, lr, teacher=None, distill=None):
@@ -87,14 +87,16 @@ def compress(t: Teacher, source: str, work_dir: Path, say, here: bool = False) -
         objective = Distill(teacher, distill.temperature, distill.alpha) if distill is not None else None
         what = "distilling" if distill else "fine-tuning"
         say(f"{spec.name}: {what} for {epochs} epochs on {spec.resources.workers} workers")
-        trainer = launch.make_trainer(ft, t.plan, name=f"ft-{uuid.uuid4().hex[:8]}",
-                                      storage_path=str(work_dir / "finetune"), keep=1,
+        storage_path, storage_filesystem = train_runs
+        trainer = launch.make_trainer(ft, t.plan, name=f"ft-{uuid.uuid4().hex[:8]}", storage_path=storage_path,
+                                      storage_filesystem=storage_filesystem, keep=1,
                                       extra={"initial_model": model}, objective=objective, here=here)
         try:
             result = launch.fit(trainer)
         except Exception as e:
-            raise launch.failure(e, spec, source, work_dir) from e
-        model.load_state_dict(read_state(result.checkpoint.path)["model"])
+            raise launch.failure(e, spec, source, storage_path) from e
+        with result.checkpoint.as_directory() as d:        # wherever its workers ran: fetched when in a bucket
+            model.load_state_dict(read_state(d)["model"])
         return model.eval()
 
     return apply_methods(t.model, spec.compress.methods, input_shape=t.plan.data.input_shape,
@@ -107,7 +109,11 @@ class Compress:
         return launch.cpus_needed(spec)
 
     def run(self, spec: JobSpec, source: str, say=print) -> dict:
-        run_dir = runs.run_dir_of(spec, source, whole=True)     # object storage: worked on in the mirror
+        run_dir = runs.run_dir_of(spec, source)
+        folder = runs.folder_of(spec)
+        # Its fine-tunes: Ray Train runs beside the run's files, where every worker reaches them.
+        train_runs = ((f"{folder.remote}/finetune", folder.fs) if folder.fs is not None
+                      else (str(run_dir / "finetune"), None))
         t = resolve_teacher(spec, source, say)
         spec, c = t.spec, t.spec.compress
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +121,7 @@ class Compress:
         # counted as the table counts them: the floating-point state (BatchNorm statistics included)
         say(f"{spec.name}: teacher {t.checkpoint} ({measure.parameter_counts(t.model)[0]:,} params); "
             f"methods: {' -> '.join(m.method for m in c.methods)}")
-        candidates = [Candidate("teacher", t.model.eval())] + compress(t, source, run_dir, say)
+        candidates = [Candidate("teacher", t.model.eval())] + compress(t, source, train_runs, say)
         table = cands.measure(candidates, t.evaluator, c.measure)
         selected = cands.choose(table, c, run_dir)
         data = t.plan.data
@@ -153,8 +159,9 @@ class Compress:
 
         say = lambda _: None      # noqa: E731 — the sweep's progress view reports
         t = resolve_teacher(spec, source, say)
-        work = Path(trial.sweep_dir) / TRAIN_RUNS / f"{trial.trial_id}-{uuid.uuid4().hex[:6]}"
-        final = compress(t, source, work, say, here=kinds.trains_in_trial(t.spec))[-1]
+        here, name = kinds.trains_in_trial(t.spec), f"{trial.trial_id}-{uuid.uuid4().hex[:6]}"
+        storage_path, storage_filesystem = trial.train_storage(here)
+        final = compress(t, source, (f"{storage_path}/{name}", storage_filesystem), say, here=here)[-1]
         m = t.spec.compress.measure
         params, nonzeros = measure.parameter_counts(final.model)
         metrics = {"epoch": 1, **t.evaluator(final.model), "params": params, "nonzeros": nonzeros,
@@ -164,9 +171,10 @@ class Compress:
         for batch in m.batch_sizes:
             metrics[f"latency_ms_bs{batch}"] = measure.latencies({"m": runner}, measure.batch_of(x, batch),
                                                                    m.threads, m.rounds)["m"]
-        cands.save([Candidate(trial.trial_id, final.model)], Path(trial.sweep_dir), t.plan.data.input_shape,
+        cands.save([Candidate(trial.trial_id, final.model)], trial.sweep_dir, t.plan.data.input_shape,
                    t.plan.data.num_classes, t.evaluator.example, say)
-        shutil.rmtree(work, ignore_errors=True)
+        trial.folder.push(*(f"{cands.FOLDER}/{trial.trial_id}{ext}" for ext in (".pt2", ".json")))
+        trial.folder.remove(f"{TRAIN_RUNS}/{name}")
         trial.record(metrics)
         tune.report(metrics)
 
@@ -177,7 +185,7 @@ class Compress:
         c = t.spec.compress
         candidates = [Candidate("teacher", t.model)]
         for r in records:
-            path = sweep_dir / "candidates" / f"{r.trial_id}.pt2"
+            path = sweep_dir / cands.FOLDER / f"{r.trial_id}.pt2"
             if r.status == "finished" and path.exists():
                 candidates.append(Candidate(r.trial_id, onnx_export.load_program(path)[0]))
         table = cands.measure(candidates, t.evaluator, c.measure)

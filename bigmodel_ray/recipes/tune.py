@@ -4,22 +4,29 @@ Sweep folder `<storage>/<name>/`: `spec.yaml`, Tune's experiment state and one f
 (reports, checkpoints), and what `bigmodel_ray.tune.results` writes when the sweep ends
 (trials table, best.yaml, Pareto set, plots, result.json). Running the same job again restores
 the sweep: finished trials stay finished, the others continue from their last checkpoints.
+
+A sweep in object storage is written there by Tune and by each trial, on whatever node it runs
+(no node needs to see another's disk); the driver then brings it into its mirror to read it.
 """
 
+import glob
 import math
 import os
-import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from bigmodel_ray import integrity, kinds, runs
 from bigmodel_ray.errors import RunFailed, SpecError
 from bigmodel_ray.spec import JobSpec, apply, dump, validate, without_search
 from bigmodel_ray.spec.space import distributions
+from bigmodel_ray.storage import RunFolder
+from bigmodel_ray.tracking import STATE_FILE as TRACKING_FILE
+from bigmodel_ray.tracking import TENSORBOARD_DIR
 from bigmodel_ray.tune import results
 from bigmodel_ray.tune.progress import SendSweep, SweepProgress
+from bigmodel_ray.tune.signed_state import SignState, sign_tuner, state_files, verified
 from bigmodel_ray.tune.space import to_tune, trial_count, trial_values, tune_space
 from bigmodel_ray.tune.tracking import open_sweep
-from bigmodel_ray.tune.trial import TRAIN_RUNS, Trial, checkpoints_by_age
+from bigmodel_ray.tune.trial import TRAIN_RUNS, Trial, stored_checkpoints
 
 
 def cpus_needed(spec: JobSpec) -> float:
@@ -35,9 +42,8 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     from ray import tune
 
     search, kind = spec.search, kinds.get(spec.kind)
-    sweep_dir = runs.run_dir_of(spec, source, whole=True)     # object storage: trials work in the mirror
+    sweep_dir = runs.run_dir_of(spec, source, whole=True)     # object storage: a copy, to compare and count
     folder = runs.folder_of(spec)
-    folder.before_push = _sign_state
     runs.check_same_job(sweep_dir, spec, source, keys=[k for k in JobSpec.model_fields if k != "name"], what="sweep")
     as_written = spec                 # spec.yaml keeps the job as given (it is what a rerun compares)
     concurrency = _concurrency(spec, source, say)
@@ -55,34 +61,44 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     runs.write_spec(sweep_dir, dump(as_written))
+    folder.push(runs.SPEC_FILE)
     # Tune snapshots the sweep's state this often: what a killed driver can lose on restore.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")    # Tune's own tables off: SweepProgress reports
     # The key that signs the trials' artifacts travels in memory (Ray's object store), never to disk.
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, raw_job=raw_job, source=source, sweep_dir=str(sweep_dir),
+        tune.with_parameters(run_trial, raw_job=raw_job, source=source, sweep=folder,
                              artifact_key=integrity.signing_key()),
         _trial_resources(raw_job, source, search.trial_cpus))
-    if tune.Tuner.can_restore(str(sweep_dir)):
+    # Object storage: Tune writes there itself, through a view that checks each state file it reads.
+    where, fs = (folder.remote, verified(folder.fs, folder.remote)) if folder.fs is not None else (str(sweep_dir), None)
+    driver_files = (TRACKING_FILE, TENSORBOARD_DIR)      # what this process writes while the trials run
+    if tune.Tuner.can_restore(where, storage_filesystem=fs):
         # Restoring unpickles Tune's saved state: only from a folder no one else could have
         # written, or (object storage) files that carry this user's signature.
-        if folder.fs is None:
-            integrity.check_private(sweep_dir, _state_files(sweep_dir))
-        else:
-            integrity.check_signed(sweep_dir, _state_files(sweep_dir), folder.uri)
+        _check_state(folder)
         done = sum(r.status in ("finished", "stopped") for r in results.collect(sweep_dir, epochs))
-        say(f"{spec.name}: resuming the sweep in {sweep_dir} ({done} trials already ended)")
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        say(f"{spec.name}: resuming the sweep in {folder.uri} ({done} trials already ended)")
+        tuner = tune.Tuner.restore(where, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)
     else:
+        signer = SignState()
         tuner = tune.Tuner(trainable, param_space=tune_space(space, search.search_alg, spec.seed),
                            tune_config=_tune_config(spec, space, concurrency),
                            run_config=tune.RunConfig(
-                               name=spec.name, storage_path=str(sweep_dir.parent), verbose=0,
-                               callbacks=[SweepProgress(search.metrics[0], search.modes[0], epochs),
-                                          SendSweep(folder)],
+                               name=spec.name, storage_path=str(PurePosixPath(where).parent), storage_filesystem=fs,
+                               verbose=0, callbacks=[SweepProgress(search.metrics[0], search.modes[0], epochs),
+                                                     SendSweep(folder, driver_files), signer],
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
+        if folder.fs is not None:
+            sign_tuner(folder.fs, folder.remote, signer)
     with open_sweep(spec, raw_job, sweep_dir, say) as tracker:      # a no-op without a `tracking` section
-        tuner.fit()
+        try:
+            tuner.fit()
+        finally:
+            folder.push(*driver_files)
+        folder.refresh()        # what Tune and the trials wrote, on any node (then read, so checked first)
+        _check_state(folder)
 
     records = results.collect(sweep_dir, epochs)
     summary = {"name": spec.name, **results.write(sweep_dir, records, raw_job, search)}
@@ -94,8 +110,8 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     results.print_table(results.table(records, search.metrics), search, say)
     if unfinished:          # Ctrl-C: Tune stopped the trials and saved the sweep
         raise KeyboardInterrupt
-    shutil.rmtree(sweep_dir / TRAIN_RUNS, ignore_errors=True)
-    _prune_checkpoints(records)
+    folder.remove(TRAIN_RUNS)
+    _prune_checkpoints(folder, records)
     failed = [r for r in records if r.status == "failed"]
     if best := summary.get("best"):
         tested = [f"{m} {_fmt(best[m])}" for m in results.BEST_TEST_METRICS if m in best][:1]
@@ -107,15 +123,18 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     return summary
 
 
-def run_trial(config: dict, raw_job: dict, source: str, sweep_dir: str, artifact_key: bytes) -> None:
-    """The Tune trainable: the job with this trial's values, run by its kind."""
+def run_trial(config: dict, raw_job: dict, source: str, sweep: RunFolder, artifact_key: bytes) -> None:
+    """The Tune trainable: the job with this trial's values, run by its kind, in the driver's
+    `sweep` folder (object storage: this node's mirror of the bucket stands in for the driver's)."""
     from ray import tune
 
     integrity.use_key(artifact_key)
 
     values = trial_values(config)
     spec = validate(apply(raw_job, values), source)     # raw_job has no search block: nothing more to check
-    kinds.get(spec.kind).run_trial(spec, source, Trial(sweep_dir, tune.get_context().get_trial_id(), values))
+    trial = Trial(sweep.on_this_node(), tune.get_context().get_trial_id(), values)
+    trial.start_history()
+    kinds.get(spec.kind).run_trial(spec, source, trial)
 
 
 def _trial_resources(raw_job: dict, source: str, trial_cpus: float):
@@ -161,16 +180,16 @@ def _tune_config(spec: JobSpec, space, concurrency: int):
                            scheduler=scheduler, search_alg=search_alg)
 
 
-def _state_files(sweep_dir: Path) -> list[Path]:
-    """The files Tune reads (unpickles) when it restores a sweep."""
-    return [*(p for p in sweep_dir.iterdir() if p.is_file() or p.is_symlink()), *sweep_dir.glob("*/*.pkl")]
+def _check_state(folder: RunFolder) -> None:
+    """Before Tune's state is read (unpickled): a local sweep folder must be private to this
+    user; a mirror of object storage must carry this user's signatures (tune/signed_state.py)."""
+    if folder.fs is None:
+        integrity.check_private(folder.local, state_files(folder.local))
+    else:
+        integrity.check_signed(folder.local, state_files(folder.local), folder.uri)
 
 
-def _sign_state(sweep_dir: Path) -> None:
-    integrity.sign_files(sweep_dir, _state_files(sweep_dir))
-
-
-def _prune_checkpoints(records) -> None:
+def _prune_checkpoints(folder: RunFolder, records) -> None:
     """Keep each ended trial's last checkpoint only.
 
     Tune keeps every checkpoint while the sweep runs: a PBT trial clones whichever checkpoint was
@@ -179,8 +198,9 @@ def _prune_checkpoints(records) -> None:
     """
     for record in records:
         if record.status in ("finished", "stopped"):
-            for old in checkpoints_by_age(Path(record.path).glob("checkpoint_*"))[:-1]:
-                shutil.rmtree(old, ignore_errors=True)
+            trial_dir = Path(record.path).name
+            for old in stored_checkpoints(folder, glob.escape(trial_dir))[:-1]:
+                folder.remove(f"{trial_dir}/{PurePosixPath(old.path).name}")
 
 
 def _concurrency(spec: JobSpec, source: str, say) -> int:

@@ -132,11 +132,11 @@ def check_data_cpus(data, res, source: str) -> None:
 
 
 def make_trainer(spec: JobSpec, plan: Plan, *, name: str, storage_path: str, storage_filesystem=None,
-                 callbacks=(), init_checkpoint: str | None = None, keep: int | None = None, extra: dict | None = None,
+                 callbacks=(), init_checkpoint=None, keep: int | None = None, extra: dict | None = None,
                  objective=None, here: bool = False):
     """The Ray Train run of `spec` in `storage_path` (inside `storage_filesystem`, for object
     storage); `callbacks` see each epoch (e.g. train/epoch_log.py); a run without checkpoints of
-    its own starts from `init_checkpoint` when given. `extra` goes to the workers' config as is
+    its own starts from `init_checkpoint` (a path or a Checkpoint) when given. `extra` goes to the workers' config as is
     (a model to fine-tune instead of a fresh one); `objective` replaces the plan's (e.g.
     distillation from a teacher). `here`: the loop runs in this process (train/in_process.py;
     a local `storage_path`; only where kinds.trains_in_trial says so)."""

@@ -121,8 +121,8 @@ def train_worker(config: dict) -> dict:
     # The run's own checkpoint (resume, restart after a failure), else one handed over: a sweep's
     # trial continuing after an interruption, or a PBT trial cloning a better one.
     checkpoint = calls.checkpoint()
-    if checkpoint is None and config.get("init_checkpoint"):
-        checkpoint = ray.train.Checkpoint(config["init_checkpoint"])
+    if checkpoint is None and (given := config.get("init_checkpoint")):
+        checkpoint = given if isinstance(given, ray.train.Checkpoint) else ray.train.Checkpoint(given)
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = read_state(d)

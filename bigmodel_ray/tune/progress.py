@@ -86,14 +86,15 @@ def _clock(seconds: float) -> str:
 
 
 class SendSweep(Callback):
-    """A sweep in object storage is sent there every `every_s` seconds while it runs (what a
-    driver killed on one machine resumes from on another); runs.py sends the rest at the end."""
+    """What the driver of a sweep in object storage writes while the trials run (`names`: its
+    tracking state and TensorBoard files) is sent there every `every_s` seconds, so a driver
+    killed on one machine resumes on another; Tune and the trials send the rest themselves."""
 
-    def __init__(self, folder, every_s: float = 30.0):
-        self.folder, self.every_s = folder, every_s
+    def __init__(self, folder, names, every_s: float = 30.0):
+        self.folder, self.names, self.every_s = folder, tuple(names), every_s
         self.last = time.monotonic()
 
     def on_step_end(self, iteration, trials, **info):
         if self.folder.fs is not None and time.monotonic() - self.last > self.every_s:
-            self.folder.push()
+            self.folder.push(*self.names)
             self.last = time.monotonic()
