@@ -97,8 +97,9 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
             tuner.fit()
         finally:
             folder.push(*driver_files)
-        folder.refresh()        # what Tune and the trials wrote, on any node (then read, so checked first)
-        _check_state(folder)
+        if folder.fs is not None:
+            folder.refresh()        # what Tune and the trials wrote, on any node (then read, so checked first)
+            _check_state(folder)
 
     records = results.collect(sweep_dir, epochs)
     summary = {"name": spec.name, **results.write(sweep_dir, records, raw_job, search)}
