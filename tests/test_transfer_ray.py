@@ -244,7 +244,10 @@ def test_multitask_heads_update_only_on_their_own_batches_under_ddp(tmp_path):
     assert heads_b and all(torch.equal(start[k], after_a[k]) for k in heads_b)      # no step, no weight decay
     assert all(not torch.equal(start[k], after_a[k]) for k in start if k.startswith("heads.a."))
     assert all(not torch.equal(after_a[k], after_b[k]) for k in heads_b)
-    assert all(torch.equal(ranks[0]["after_b"][k], ranks[1]["after_b"][k]) for k in start)   # ranks in sync
+    # Ranks in sync: a rank that skipped or repeated a step would be off by far more than 1e-6.
+    # Each parameter's largest gap is shown if they are not.
+    gaps = {k: (ranks[0]["after_b"][k] - ranks[1]["after_b"][k]).abs().max().item() for k in start}
+    assert max(gaps.values()) < 1e-6, gaps
 
 
 def test_multitask_model_shares_one_backbone():
