@@ -30,13 +30,12 @@ def folder_of(spec) -> RunFolder:
     return run_folder(spec.storage, spec.name, spec.storage_options)
 
 
-def run_dir_of(spec, source: str, whole: bool = False) -> Path:
+def run_dir_of(spec, source: str) -> Path:
     """The job's run folder to work in: for a run in object storage, its local mirror, made a
-    copy of what is stored (so a run resumes on any machine); `whole`: Ray's files too
-    (storage.RunFolder.pull), for a sweep, which reads Tune's."""
+    copy of what is stored (so a run resumes on any machine)."""
     folder = folder_of(spec)
     try:
-        folder.pull(whole)
+        folder.pull()
     except SpecError as e:
         raise SpecError(f"{source}: {e}" if source else str(e)) from None
     return folder.local

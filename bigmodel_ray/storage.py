@@ -97,34 +97,32 @@ class RunFolder:
             return {"storage_path": str(self.local.parent)}
         return {"storage_path": str(PurePosixPath(self.remote).parent), "storage_filesystem": self.fs}
 
-    def pull(self, whole: bool = False) -> None:
-        """Make the local mirror a copy of the run's own files in storage (nothing there: empty);
-        `whole`: Ray's too, for runs that Ray writes into the mirror (sweeps, compress jobs)."""
+    def pull(self) -> None:
+        """Make the local mirror a copy of the run's own files in storage (nothing there: empty).
+        Ray's checkpoints stay in storage: Ray reads them there."""
         if self.fs is not None:
             with _said(f"cannot read {self.uri}"):
-                self._pull(whole)
-
-    def _pull(self, whole: bool) -> None:
-        _remove_mirror(self.local)
-        self._sent.clear()
-        self._seen.clear()
-        self.local.mkdir(parents=True)
-        self._fetch_changed(whole)
+                _remove_mirror(self.local)
+                self._sent.clear()
+                self._seen.clear()
+                self.local.mkdir(parents=True)
+                self._fetch_changed()
 
     def refresh(self) -> None:
         """Bring into the mirror what others wrote to storage since this process last looked
-        (a sweep's trials and Tune, on any node), leaving the files this process sends alone."""
+        (a sweep's trials and Tune, on any node), leaving the files this process sends alone
+        (and Ray's checkpoints, as `pull` does)."""
         if self.fs is not None:
             with _said(f"cannot read {self.uri}"):
-                self._fetch_changed(whole=True)
+                self._fetch_changed()
 
     def fetch(self, name: str) -> None:
         """One file of the run from storage into the mirror, if it is stored."""
         if self.fs is not None:
             with _said(f"cannot read {self.uri}"):
-                self._fetch_changed(whole=False, only=name)
+                self._fetch_changed(only=name)
 
-    def _fetch_changed(self, whole: bool, only: str | None = None) -> None:
+    def _fetch_changed(self, only: str | None = None) -> None:
         import pyarrow.fs as pafs
 
         if only is not None:
@@ -133,7 +131,7 @@ class RunFolder:
             infos = self.fs.get_file_info(pafs.FileSelector(self.remote, allow_not_found=True, recursive=True))
         for info in infos:
             relative = PurePosixPath(info.path).relative_to(self.remote)
-            if info.type != pafs.FileType.File or not whole and any(p.startswith(RAY_OWNED) for p in relative.parts):
+            if info.type != pafs.FileType.File or any(p.startswith(RAY_OWNED) for p in relative.parts):
                 continue
             stored = (info.size, info.mtime_ns)
             if self._seen.get(relative) in (OURS, stored):

@@ -1,5 +1,6 @@
 """Sweeps on Ray Tune: schedulers, search algorithms, results, resume, and bad search blocks."""
 
+import io
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.fs as pafs
 import pytest
 import torch
 import yaml
@@ -18,6 +20,7 @@ from conftest import ROOT, kill_run
 from bigmodel_ray import kinds
 from bigmodel_ray.cli import main
 from bigmodel_ray.spec import load_job
+from bigmodel_ray.storage import filesystem
 from bigmodel_ray.train.optim import apply_hyperparameters, build_optimizer, build_scheduler
 from bigmodel_ray.tune.results import pareto_mask, read_history
 from bigmodel_ray.tune.trial import history_file
@@ -171,17 +174,32 @@ def test_pbt_trials_continue_from_cloned_checkpoints(ray_cluster, tiny_job):
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_the_sweep(tiny_job, tmp_path):
-    job = tiny_job("sweepkill", resources={"workers": 1}, train={"epochs": 4, "batch_size": 128}, search={
-        "space": {"train.optimizer.lr": "loguniform(1e-3, 3e-2)"}, "num_samples": 3, "max_concurrent_trials": 2})
+@pytest.mark.parametrize("where", ["folder", "bucket"])
+def test_killed_driver_resumes_the_sweep(where, tiny_job, tmp_path, request):
+    """SIGKILL the driver mid-sweep, rerun: every trial goes on from its latest checkpoint. In a
+    bucket, the rerun has nothing local (another machine): Tune's state, its signatures and the
+    trials' checkpoints and histories all come from the bucket."""
+    storage = str(tmp_path / "runs") if where == "folder" else f"{request.getfixturevalue('s3_bucket')}/runs"
+    job = tiny_job("sweepkill", storage=storage, resources={"workers": 1}, train={"epochs": 4, "batch_size": 128},
+                   search={"space": {"train.optimizer.lr": "loguniform(1e-3, 3e-2)"}, "num_samples": 3,
+                           "max_concurrent_trials": 2})
     ray_tmp = tempfile.mkdtemp(prefix="bmr-", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    cache = tmp_path / "cache"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "BIGMODEL_RAY_CACHE": str(cache)}
     cmd = [sys.executable, "-m", "bigmodel_ray", "run", str(job)]
-    sweep_dir = tmp_path / "runs" / "sweepkill"
+    fs, sweep = filesystem(f"{storage}/sweepkill") if where == "bucket" else (pafs.LocalFileSystem(), f"{storage}/sweepkill")
+
+    def read(name: str) -> str | None:
+        try:
+            with fs.open_input_stream(f"{sweep}/{name}") as f:
+                return f.read().decode()
+        except (FileNotFoundError, OSError):
+            return None
 
     def epochs_reported() -> dict[str, list[int]]:
-        return {f.stem: [json.loads(line)["epoch"] for line in f.read_text().splitlines() if line.strip()]
-                for f in sweep_dir.glob("histories/*.jsonl")}
+        found = fs.get_file_info(pafs.FileSelector(f"{sweep}/histories", allow_not_found=True))
+        return {Path(i.path).stem: [json.loads(line)["epoch"] for line in (read(f"histories/{i.base_name}") or "").splitlines()
+                                    if line.strip()] for i in found}
 
     driver = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -193,8 +211,9 @@ def test_killed_driver_resumes_the_sweep(tiny_job, tmp_path):
     finally:
         kill_run(driver, ray_tmp)
     before = epochs_reported()
-    assert not (sweep_dir / "result.json").exists()
+    assert read("result.json") is None
     assert sum(max(e, default=0) == 4 for e in before.values()) < 3, "every trial ended before the kill"
+    shutil.rmtree(cache, ignore_errors=True)
 
     try:
         rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -203,7 +222,7 @@ def test_killed_driver_resumes_the_sweep(tiny_job, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming the sweep" in rerun.stdout
-    trials = pd.read_csv(sweep_dir / "trials.csv")
+    trials = pd.read_csv(io.StringIO(read("trials.csv")))
     assert len(trials) == 3 and (trials["status"] == "finished").all() and (trials["epoch"] == 4).all()
     after = epochs_reported()
     for name, epochs in before.items():

@@ -42,7 +42,7 @@ def run(spec: JobSpec, source: str, say=print) -> dict:
     from ray import tune
 
     search, kind = spec.search, kinds.get(spec.kind)
-    sweep_dir = runs.run_dir_of(spec, source, whole=True)     # object storage: a copy, to compare and count
+    sweep_dir = runs.run_dir_of(spec, source)     # object storage: a copy, to compare and count
     folder = runs.folder_of(spec)
     runs.check_same_job(sweep_dir, spec, source, keys=[k for k in JobSpec.model_fields if k != "name"], what="sweep")
     as_written = spec                 # spec.yaml keeps the job as given (it is what a rerun compares)

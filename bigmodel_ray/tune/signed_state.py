@@ -52,18 +52,17 @@ class SignState(Callback):
     """
 
     def __init__(self):
-        self.staging: str | None = None
+        self.trials: list = []                  # Tune's own list of trials: it grows in place
         self.tuner_tag: str | None = None       # set by the driver once Tune has written tuner.pkl
 
-    def _seen(self, trials) -> None:
-        if trials:      # Tune tells callbacks nothing of its folders; each trial knows them
-            self.staging = trials[0].storage.experiment_driver_staging_path
+    @property
+    def staging(self) -> str | None:
+        # Tune tells callbacks nothing of its folders; each trial knows them. Holding Tune's list
+        # (not a copy) finds the trials it adds in a step before that step's save.
+        return self.trials[0].storage.experiment_driver_staging_path if self.trials else None
 
     def on_step_begin(self, iteration, trials, **info):
-        self._seen(trials)
-
-    def on_trial_add(self, iteration, trials, trial, **info):
-        self._seen(trials)
+        self.trials = trials
 
     def get_state(self):
         self._sign()
@@ -72,7 +71,7 @@ class SignState(Callback):
     def on_experiment_end(self, trials, **info):
         """After Tune's last save. A restored sweep with nothing left to run takes no step, so
         that save went unsigned: sign it now and send the tags after it."""
-        self._seen(trials)
+        self.trials = trials
         if self._sign():
             storage = trials[0].storage
             pafs.copy_files(f"{self.staging}/{integrity.SIGNATURES}",
