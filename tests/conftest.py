@@ -155,10 +155,12 @@ def reviews_subset(tmp_path_factory):
 
 
 def processes_mentioning(marker: str) -> list[int]:
+    """Processes with `marker` in their command line or environment: Ray renames its workers'
+    command lines (ray::...), but they inherit the driver's environment (RAY_TMPDIR)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="ignore"):
+            if proc.name.isdigit() and any(marker.encode() in (proc / part).read_bytes() for part in ("cmdline", "environ")):
                 pids.append(int(proc.name))
         except OSError:
             continue
