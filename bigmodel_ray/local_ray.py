@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bigmodel_ray import warm
 from bigmodel_ray.errors import SpecError
 from bigmodel_ray.storage import cache_dir
 
@@ -85,6 +86,7 @@ def up(cpus: int, object_store_mb: int, environment: dict[str, str], say=print) 
         lines = [line for line in started.stderr.splitlines() if line.strip()]
         raise SpecError(f"up: ray start failed: {lines[-1] if lines else started.returncode}")
     (folder / STATE_FILE).write_text(json.dumps(asdict(ray)))
+    warm.start(folder, temp_dir)       # the next run's Python, with its imports done
     say(f"local Ray up at {ray.address} ({cpus} CPUs, dashboard {ray.dashboard}); runs attach to it "
         f"until `bigmodel-ray down`")
     return ray
@@ -102,7 +104,7 @@ def down(say=print) -> bool:
         raise SpecError(f"down: {folder / STATE_FILE}: temp_dir is not one that `up` made; nothing stopped")
     stop(state["temp_dir"], int(state["address"].rsplit(":", 1)[1]))
     shutil.rmtree(state["temp_dir"], ignore_errors=True)
-    for name in (STATE_FILE, TOKEN_FILE):
+    for name in (STATE_FILE, TOKEN_FILE, warm.SOCKET):
         (folder / name).unlink(missing_ok=True)
     say(f"local Ray at {state['address']} stopped")
     return True

@@ -15,6 +15,7 @@ from bigmodel_ray.errors import RunFailed, first_line
 
 STATE_API = None    # the embedded Ray's dashboard URL: pass it to ray.util.state calls made here
 # (not set in os.environ: the Jobs SDK would then send every submission to this instance)
+WARM_PROCESS = False    # whether this process is the warm process of `bigmodel-ray up` (warm.py)
 _LOCAL = False      # whether the Ray joined is one of this machine's own (embedded, or `up`)
 
 
@@ -49,7 +50,8 @@ def start_ray(address: str | None = None, verbose: bool = False, dashboard: bool
     if local is not None:           # `bigmodel-ray up` is running: attach to it with its token
         _use_token(local.token_path)
         address, STATE_API = local.address, local.dashboard
-        print(f"attached to the local Ray at {local.address} (bigmodel-ray up)", flush=True)
+        how = "bigmodel-ray up, run by its warm process" if WARM_PROCESS else "bigmodel-ray up"
+        print(f"attached to the local Ray at {local.address} ({how})", flush=True)
     elif address is None and not _ray_started():
         _private_token()
     import ray

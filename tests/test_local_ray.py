@@ -1,7 +1,9 @@
 """`bigmodel-ray up` / `down`: a Ray kept running on this machine, that runs attach to, with its
-own token, and that `down` stops to the last process (never `ray stop`)."""
+own token, and that `down` stops to the last process (never `ray stop`); runs taken by the warm
+process `up` keeps ready, or run by the command itself when that process declines."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from bigmodel_ray import local_ray
+from bigmodel_ray import local_ray, warm
 from bigmodel_ray.cli import main
 
 
@@ -35,8 +37,10 @@ def test_up_serves_runs_behind_its_token_and_down_stops_every_process(state_dir,
         assert refused.value.code == 401
         assert main(["up"]) == 2 and "already up" in capsys.readouterr().err
 
-        # A run attaches, is stopped by Ctrl-C (one line: where, and the command that resumes
-        # it; exit 130), and the same command with more epochs resumes it; `up` lives on.
+        # A run attaches, in the warm process that `up` keeps ready, is stopped by Ctrl-C (one
+        # line: where, and the command that resumes it; exit 130), and the same command with
+        # more epochs resumes it; `up` lives on.
+        wait_for_warm_process(state_dir)
         job = tiny_job("attached", train={"epochs": 20, "batch_size": 32})
         metrics = tmp_path / "runs" / "attached" / "metrics.jsonl"
         run = subprocess.Popen([sys.executable, "-m", "bigmodel_ray", "run", str(job)], cwd=ROOT,
@@ -48,22 +52,45 @@ def test_up_serves_runs_behind_its_token_and_down_stops_every_process(state_dir,
         run.send_signal(signal.SIGINT)
         out, err = run.communicate(timeout=120)
         assert run.returncode == 130, err[-2000:]
-        assert out.splitlines()[0] == f"attached to the local Ray at {ray.address} (bigmodel-ray up)"
+        assert out.splitlines()[0] == f"attached to the local Ray at {ray.address} (bigmodel-ray up, run by its warm process)"
         stopped = max(json.loads(line)["epoch"] for line in metrics.read_text().splitlines())
         assert err.strip() == (f"interrupted after epoch {stopped} in {metrics.parent}: `bigmodel-ray run {job}` "
                                f"resumes it from its last checkpoint")
+
+        # A command whose settings differ from the warm process's (a variable that modules read
+        # when imported) is declined and runs itself.
+        wait_for_warm_process(state_dir)
         rerun = subprocess.run([sys.executable, "-m", "bigmodel_ray", "run", str(job), "--set",
-                                f"train.epochs={stopped + 1}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                                f"train.epochs={stopped + 1}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
         assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert rerun.stdout.splitlines()[0] == f"attached to the local Ray at {ray.address} (bigmodel-ray up)"
         result = json.loads((metrics.parent / "result.json").read_text())
         assert result["epochs"] == stopped + 1 and result["resumed_from_epoch"] == stopped, result
+
+        # Bad input through the warm process: the command's own one line and exit code 2.
+        wait_for_warm_process(state_dir)
+        bad = subprocess.run([sys.executable, "-m", "bigmodel_ray", "run", str(job), "--set", "train.epochs=0"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert bad.stderr.startswith(f"error: {job}: train.epochs"), bad.stderr
+        wait_for_warm_process(state_dir)
         assert local_ray.processes(ray.temp_dir), "the runs took the local Ray down with them"
     finally:
         assert main(["down"]) == 0
     assert local_ray.processes(ray.temp_dir) == [] and local_ray.running() is None
     assert not (state_dir / local_ray.TOKEN_FILE).exists() and not Path(ray.temp_dir).exists()
+    assert not (state_dir / warm.SOCKET).exists()
     capsys.readouterr()
     assert main(["down"]) == 0 and capsys.readouterr().out.strip() == "no local Ray is up"
+
+
+def wait_for_warm_process(state_dir: Path, timeout_s: float = 90) -> None:
+    """Until `up`'s warm process listens (it imports PyTorch and Ray first, after the run before it ends)."""
+    deadline = time.time() + timeout_s
+    while not (state_dir / warm.SOCKET).is_socket():
+        assert time.time() < deadline, "no warm process listens"
+        time.sleep(0.2)
 
 
 def test_down_stops_nothing_but_what_up_started(state_dir, capsys):

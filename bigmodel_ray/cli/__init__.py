@@ -159,8 +159,15 @@ def _check_paths(spec, source: str) -> None:
             raise SpecError(f"{source}: {key}.{e.field}: {e}") from None
 
 
-def main(argv=None) -> int:
+def main(argv=None, here: bool = False) -> int:
+    """`here`: run the command in this process, never handing it to the warm process of `up` (warm.py)."""
     args = _parser().parse_args(argv)
+    if args.command == "run" and args.address is None and not here and os.environ.get("BIGMODEL_RAY_WARM") != "0":
+        from bigmodel_ray import local_ray, warm
+
+        code = warm.hand_over(sys.argv[1:] if argv is None else list(argv), local_ray.state_dir())
+        if code is not None:
+            return code
     try:
         if args.command == "data":
             from bigmodel_ray.cli import data

@@ -82,6 +82,9 @@ def open_pipeline(data_spec, seed: int = 0):
 def load_data(data_spec, seed: int = 0, state=None, task: str = "classify") -> DataBundle:
     """The job's splits as Ray Datasets (needs a running Ray). `state`: a PipelineState actor;
     `task`: lm reads text without labels (train.task)."""
+    from functools import partial
+
+    from bigmodel_ray.data.bundle import LazyDatasets
     from bigmodel_ray.data.pipeline import batch_rows, transform_blocks
 
     if data_spec.text is not None:
@@ -93,20 +96,22 @@ def load_data(data_spec, seed: int = 0, state=None, task: str = "classify") -> D
 
         return load_interactions(data_spec, task)
     source, fmt, input_shape, transform, device_aug = open_pipeline(data_spec, seed)
-    datasets, has_tasks, arrays = {}, False, {}
-    for name, ds in source.splits.items():
+    makers, has_tasks, arrays = {}, False, {}
+    for name in source.splits:
         t = transform(name)
         if source.storage == "array" and t.augment is None and not t.emit_key:     # rows pass as they are
             if data_spec.keep_in_memory:
                 arrays[name] = source.arrays[name]
+            makers[name] = partial(source.splits.__getitem__, name)      # made only if looked up
         else:
             has_tasks = True
-            ds = ds.map_batches(transform_blocks, fn_kwargs={"t": t, "rows": batch_rows(fmt), "state": state},
-                                batch_size=None, batch_format="numpy")
+            ds = source.splits[name].map_batches(transform_blocks, batch_size=None, batch_format="numpy",
+                                                 fn_kwargs={"t": t, "rows": batch_rows(fmt), "state": state})
             # Blocks of ~32 MB instead of Ray's 128 MB: a task holds less decoded data before it
             # hands a block on, and the object store budget holds more blocks in flight.
             ds.context.target_max_block_size = BLOCK_BYTES
-        datasets[name] = ds
+            makers[name] = lambda ds=ds: ds
+    datasets = LazyDatasets(makers)
     return DataBundle(datasets=datasets, rows=source.rows, input_shape=input_shape, num_classes=source.num_classes,
                       class_names=source.class_names, has_tasks=has_tasks,
                       device_augment=device_aug, arrays=arrays)

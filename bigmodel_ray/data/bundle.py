@@ -1,5 +1,6 @@
 """What a job's data is once opened: its splits as Ray Datasets, and what the model needs to know."""
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -9,9 +10,29 @@ if TYPE_CHECKING:
     from bigmodel_ray.data.augment import AugmentConfig
 
 
+class LazyDatasets(Mapping):
+    """Split name -> Ray Dataset, each made when first looked up. `ray.data.from_arrow` runs a Ray
+    task per block to read its metadata: at a run's start that means new worker processes (~2 s
+    on two cores), for splits that a run may well take as arrays instead and never look up."""
+
+    def __init__(self, makers: dict[str, Callable[[], "ray.data.Dataset"]]):
+        self._makers, self._made = makers, {}
+
+    def __getitem__(self, name: str) -> "ray.data.Dataset":
+        if name not in self._made:
+            self._made[name] = self._makers[name]()
+        return self._made[name]
+
+    def __iter__(self):
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+
 @dataclass
 class DataBundle:
-    datasets: dict[str, "ray.data.Dataset"]   # "train", "val", "test"
+    datasets: Mapping[str, "ray.data.Dataset"]   # "train", "val", "test" (LazyDatasets for built-in sets)
     rows: dict[str, int]                      # exact, or estimated for hash-split parquet
     input_shape: tuple[int, ...]
     num_classes: int
@@ -31,4 +52,4 @@ class DataBundle:
         import ray
 
         refs = {name: ray.put(xy) for name, xy in self.arrays.items()}
-        return {name: ds for name, ds in self.datasets.items() if name not in refs}, refs
+        return {name: self.datasets[name] for name in self.datasets if name not in refs}, refs

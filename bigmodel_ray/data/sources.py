@@ -17,8 +17,9 @@ train; otherwise rows are split by `split_seed`: image files stratified by class
 a hash of their key (streaming: every split reads the files, keeping its share).
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bigmodel_ray.data.builtin import BUILTIN
+from bigmodel_ray.data.bundle import LazyDatasets
 from bigmodel_ray.data.images import BadRecord, read_file
 from bigmodel_ray.errors import DataError
 
@@ -41,7 +43,7 @@ PROBE_TRIES = 20                     # on_bad_record: skip — images tried for 
 @dataclass
 class Source:
     storage: str                                   # files | encoded | raw | ids | array
-    splits: dict[str, "ray.data.Dataset"]
+    splits: Mapping[str, "ray.data.Dataset"]      # LazyDatasets for built-in sets (made on first use)
     rows: dict[str, int]                           # exact, or estimated for hash splits
     num_classes: int
     first_image: np.ndarray | None = None          # one train image as stored (its size fixes the format)
@@ -82,7 +84,8 @@ def open_builtin(spec) -> Source:
                   for name, (x, y) in splits.items()}
 
     keyed = {"train": spec.augment is not None}
-    return Source("array", {name: _from_arrays(x, y, keyed.get(name, False)) for name, (x, y) in splits.items()},
+    datasets = LazyDatasets({name: partial(_from_arrays, x, y, keyed.get(name, False)) for name, (x, y) in splits.items()})
+    return Source("array", datasets,
                   rows={k: len(y) for k, (_, y) in splits.items()},
                   num_classes=int(max(y.max() for _, y in splits.values() if len(y)) + 1),
                   first_image=splits["train"][0][0], arrays=splits)
