@@ -36,17 +36,30 @@ IMPORT_TIME_ENV = ("RAY_", "TORCH", "PYTORCH", "OMP_", "MKL_", "CUDA", "NCCL", "
                    "TOKENIZERS", "ARROW", "OPENCV")
 
 
-def stamp(env=os.environ) -> str:
-    """What the warm process and the command must share: the Python, this package's files as
-    they are on disk, and the variables read at import time."""
+def code_stamp() -> str:
+    """The Python and this package's files as they are on disk: what a warm process and the
+    command must share besides the variables read at import time."""
     package = Path(__file__).parent
     h = hashlib.sha256(f"{sys.executable}\0{sys.version}\0".encode())
     for path in sorted(package.rglob("*.py")):
         st = path.stat()
         h.update(f"{path.relative_to(package)}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
-    for key in sorted(k for k in env if k.startswith(IMPORT_TIME_ENV)):
-        h.update(f"{key}={env[key]}\0".encode())
     return h.hexdigest()
+
+
+def import_time_env(env) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
+
+
+def why_not(header: dict, code: str, env: dict) -> str | None:
+    """Why a warm process of `code` and `env` cannot run the command of `header` (None: it can)."""
+    if header.get("code") != code:
+        return "this package's files (or the Python) differ from the warm process's"
+    theirs, ours = import_time_env(header.get("env", {})), import_time_env(env)
+    if theirs != ours:
+        differ = sorted({key for key, _ in set(theirs.items()) ^ set(ours.items())})
+        return f"variables differ from the warm process's: {', '.join(differ)}"
+    return None
 
 
 def start(state_dir: Path, temp_dir: str, after_pid: int = 0, env: dict | None = None) -> None:
@@ -72,7 +85,7 @@ def hand_over(argv: list[str], state_dir: Path) -> int | None:
         if peer_uid(conn) != os.getuid():
             return None
         header = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask(),
-                  "path0": sys.path[0], "stamp": stamp()}
+                  "path0": sys.path[0], "code": code_stamp()}
         send(conn, header, fds=[0, 1, 2])
         reply = receive(conn)
     except (OSError, ValueError):

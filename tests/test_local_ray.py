@@ -62,7 +62,7 @@ def test_up_serves_runs_behind_its_token_and_down_stops_every_process(state_dir,
         wait_for_warm_process(state_dir)
         rerun = subprocess.run([sys.executable, "-m", "bigmodel_ray", "run", str(job), "--set",
                                 f"train.epochs={stopped + 1}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                               env={**os.environ, "TORCH_SHOW_CPP_STACKTRACES": "1"})
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert rerun.stdout.splitlines()[0] == f"attached to the local Ray at {ray.address} (bigmodel-ray up)"
         result = json.loads((metrics.parent / "result.json").read_text())
@@ -74,6 +74,26 @@ def test_up_serves_runs_behind_its_token_and_down_stops_every_process(state_dir,
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert bad.stderr.startswith(f"error: {job}: train.epochs"), bad.stderr
+
+        # A command that is killed: the warm process stops its run as Ctrl-C would, and exits.
+        wait_for_warm_process(state_dir)
+        [taker] = warm_processes(ray.temp_dir)
+        killed = tiny_job("killed", train={"epochs": 20, "batch_size": 32})
+        metrics = tmp_path / "runs" / "killed" / "metrics.jsonl"
+        run = subprocess.Popen([sys.executable, "-m", "bigmodel_ray", "run", str(killed)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert run.poll() is None and time.time() < deadline, run.communicate()[1][-2000:]
+            time.sleep(0.2)
+        run.kill()
+        out, err = run.communicate(timeout=120)
+        assert "interrupted after epoch" in err, (out, err, Path(ray.temp_dir, "warm.log").read_text())
+        deadline = time.time() + 120
+        while taker in warm_processes(ray.temp_dir):
+            assert time.time() < deadline, "the warm process goes on without its command"
+            time.sleep(0.2)
+        assert len(metrics.read_text().splitlines()) < 20
         wait_for_warm_process(state_dir)
         assert local_ray.processes(ray.temp_dir), "the runs took the local Ray down with them"
     finally:
@@ -91,6 +111,11 @@ def wait_for_warm_process(state_dir: Path, timeout_s: float = 90) -> None:
     while not (state_dir / warm.SOCKET).is_socket():
         assert time.time() < deadline, "no warm process listens"
         time.sleep(0.2)
+
+
+def warm_processes(temp_dir: str) -> list[int]:
+    return [pid for pid in local_ray.processes(temp_dir)
+            if b"bigmodel_ray.cli.warm_process" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def test_down_stops_nothing_but_what_up_started(state_dir, capsys):

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from bigmodel_ray.local_ray import STATE_FILE
-from bigmodel_ray.warm import SOCKET, peer_pid, peer_uid, receive, send, stamp, start
+from bigmodel_ray.warm import SOCKET, code_stamp, peer_pid, peer_uid, receive, send, start, why_not
 
 PRELOAD = ("torch", "ray.data", "ray.train.torch", "ray.tune", "bigmodel_ray.cli", "bigmodel_ray.runtime")
 
@@ -26,45 +26,65 @@ def serve(state_dir: Path, temp_dir: str, after_pid: int) -> None:
         return
     # Imports change the environment (OpenCV extends LD_LIBRARY_PATH, Ray sets RAY_CLIENT_MODE):
     # the successor gets it as it was.
-    own_env = dict(os.environ)
-    own_stamp = stamp(own_env)
-    import importlib
-
-    for name in PRELOAD:
-        importlib.import_module(name)
-    from bigmodel_ray import kinds
-
-    for name in (*kinds.KINDS.values(), kinds.SWEEP):
-        importlib.import_module(name)
-    listener = _listen(state_dir / SOCKET)
-    while True:
-        conn, _ = listener.accept()
-        fds = []
-        try:
-            conn.settimeout(10)
-            if peer_uid(conn) != os.getuid():
-                raise ValueError("another user")
-            header, fds = receive(conn, with_fds=True)
-            if header.get("stamp") == own_stamp and len(fds) == 3:
-                break
-            send(conn, {"declined": "other code or settings than this warm process started with"})
-            declined = peer_pid(conn)
-        except (OSError, ValueError):
-            declined = 0
-        for fd in fds:          # the command's terminal (or pipes): holding them would keep its readers waiting
-            os.close(fd)
-        conn.close()
-        if declined:            # most often this package changed: a fresh process, once that command is done
-            _stop_listening(listener, state_dir / SOCKET)
-            start(state_dir, temp_dir, after_pid=declined, env=own_env)
-            return
-    _stop_listening(listener, state_dir / SOCKET)
+    own_env, own_code = dict(os.environ), code_stamp()
+    _preload()
+    path = state_dir / SOCKET
+    listener, inode = _listen(path)
+    try:
+        conn, header, fds = _next_command(listener, own_code, own_env)
+    except Declined as declined:       # most often this package changed: a fresh process, once that command is done
+        start(state_dir, temp_dir, after_pid=declined.pid, env=own_env)
+        return
+    finally:
+        _stop_listening(listener, inode, path)
     start(state_dir, temp_dir, after_pid=os.getpid(), env=own_env)
     send(conn, {"pid": os.getpid()})
     conn.settimeout(None)
     code = _run(header, fds, conn)
-    send(conn, {"exit": code})
+    try:
+        send(conn, {"exit": code})
+    except OSError:         # the command was killed: nobody is waiting for the code
+        pass
     sys.exit(code)          # exit handlers run before the command sees end of file
+
+
+def _preload() -> None:
+    import importlib
+
+    from bigmodel_ray import kinds
+
+    for name in (*PRELOAD, *kinds.KINDS.values(), kinds.SWEEP):
+        importlib.import_module(name)
+
+
+class Declined(Exception):
+    def __init__(self, pid: int):
+        self.pid = pid
+
+
+def _next_command(listener: socket.socket, code: str, env: dict) -> tuple[socket.socket, dict, list[int]]:
+    """(connection, header, its stdin/stdout/stderr) of the first command this process can run;
+    Declined(its pid) for a command of other code or settings."""
+    while True:
+        conn, _ = listener.accept()
+        fds, declined = [], 0
+        try:
+            conn.settimeout(10)
+            if peer_uid(conn) == os.getuid():
+                header, fds = receive(conn, with_fds=True)
+                reason = why_not(header, code, env) or (None if len(fds) == 3 else "no stdin, stdout, stderr")
+                if reason is None:
+                    return conn, header, fds
+                print(f"declined a command: {reason}", file=sys.stderr, flush=True)
+                send(conn, {"declined": reason})
+                declined = peer_pid(conn)
+        except (OSError, ValueError):
+            pass
+        for fd in fds:          # the command's terminal (or pipes): holding them would keep its readers waiting
+            os.close(fd)
+        conn.close()
+        if declined:
+            raise Declined(declined)
 
 
 def _wait_for(pid: int) -> None:
@@ -85,20 +105,23 @@ def _still_up(state_dir: Path, temp_dir: str) -> bool:
         return False
 
 
-def _listen(path: Path) -> socket.socket:
-    """Listen at `path`, which appears only once it accepts (bound under another name, renamed)."""
+def _listen(path: Path) -> tuple[socket.socket, int]:
+    """Listen at `path`, which appears only once it accepts (bound under another name, renamed);
+    the listener and the inode of its file (a socket's own fstat says nothing of the file)."""
     staging = path.with_name(f".{path.name}.{os.getpid()}")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     staging.unlink(missing_ok=True)
     listener.bind(str(staging))
     listener.listen(4)
+    inode = staging.stat().st_ino
     os.replace(staging, path)
-    return listener
+    return listener, inode
 
 
-def _stop_listening(listener: socket.socket, path: Path) -> None:
+def _stop_listening(listener: socket.socket, inode: int, path: Path) -> None:
+    """Close, and remove the socket file unless it is already another process's."""
     try:
-        if os.stat(path).st_ino == os.fstat(listener.fileno()).st_ino:
+        if path.stat().st_ino == inode:
             path.unlink()
     except OSError:
         pass
