@@ -86,7 +86,7 @@ def hand_over(argv: list[str], state_dir: Path) -> int | None:
             return None
         header = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask(),
                   "path0": sys.path[0], "code": code_stamp()}
-        send(conn, header, fds=[0, 1, 2])
+        send(conn, header, fds=[fd if _is_open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)])
         reply = receive(conn)
     except (OSError, ValueError):
         conn.close()
@@ -110,6 +110,14 @@ def hand_over(argv: list[str], state_dir: Path) -> int | None:
         print(f"error: the warm process {pid} of `bigmodel-ray up` ended without an exit code", file=sys.stderr)
         return 1
     return code
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:         # closed (`<&-`, some service managers): the warm process gets /dev/null there
+        return False
 
 
 def _forward(pid: int, signum: int) -> None:
