@@ -16,8 +16,9 @@ process answers with its pid, runs the command line exactly as the command would
 output on the same terminal), and the command exits with its exit code. The command forwards
 Ctrl-C (and SIGTERM, SIGHUP) to it; if the command dies, the run is stopped as by Ctrl-C. A warm
 process started from other code or settings (a file of this package changed since, another
-Python, other RAY_/TORCH_/... variables, which modules read when they are imported) declines, and
-the command runs itself.
+Python, other RAY_/TORCH_/... variables, which modules read when they are imported) declines
+(the reason goes to `warm.log` in the Ray's temp dir), the command runs itself, and a fresh warm
+process takes the declining one's place once that command has ended.
 """
 
 import hashlib
@@ -78,34 +79,31 @@ def hand_over(argv: list[str], state_dir: Path) -> int | None:
     path = state_dir / SOCKET
     if not path.exists():
         return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.settimeout(5)
-        conn.connect(str(path))
-        if peer_uid(conn) != os.getuid():
-            return None
-        header = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask(),
-                  "path0": sys.path[0], "code": code_stamp()}
-        send(conn, header, fds=[fd if _is_open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)])
-        reply = receive(conn)
-    except (OSError, ValueError):
-        conn.close()
-        return None
-    if "pid" not in reply:
-        conn.close()
-        return None
-    pid = reply["pid"]
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
-    conn.settimeout(None)
-    code = None
-    while True:         # the exit code, then end of file when the process is gone (its output all written)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         try:
-            message = receive(conn)
+            conn.settimeout(5)
+            conn.connect(str(path))
+            if peer_uid(conn) != os.getuid():
+                return None
+            header = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask(),
+                      "path0": sys.path[0], "code": code_stamp()}
+            send(conn, header, fds=[fd if _is_open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)])
+            reply = receive(conn)
         except (OSError, ValueError):
-            break
-        code = message.get("exit", code)
-    conn.close()
+            return None
+        if "pid" not in reply:
+            return None
+        pid = reply["pid"]
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
+        conn.settimeout(None)
+        code = None
+        while True:         # the exit code, then end of file when the process is gone (its output all written)
+            try:
+                message = receive(conn)
+            except (OSError, ValueError):
+                break
+            code = message.get("exit", code)
     if code is None:
         print(f"error: the warm process {pid} of `bigmodel-ray up` ended without an exit code", file=sys.stderr)
         return 1
