@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from bigmodel_ray.local_ray import STATE_FILE
@@ -88,14 +89,27 @@ def _next_command(listener: socket.socket, code: str, env: dict) -> tuple[socket
 
 
 def _wait_for(pid: int) -> None:
+    """Until process `pid` (not a child of ours) has ended."""
     if pid <= 0:
         return
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
+    except OSError:                     # a kernel before 5.3: ask every 0.2 s
+        while _alive(pid):
+            time.sleep(0.2)
+        return
     select.select([fd], [], [])         # readable once the process has ended
     os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):      # gone (its pid since taken by another user's)
+        return False
 
 
 def _still_up(state_dir: Path, temp_dir: str) -> bool:
