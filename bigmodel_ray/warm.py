@@ -132,14 +132,14 @@ def _umask() -> int:
 
 
 def peer_uid(conn: socket.socket) -> int:
-    return peer(conn)[1]
+    return _peer(conn)[1]
 
 
 def peer_pid(conn: socket.socket) -> int:
-    return peer(conn)[0]
+    return _peer(conn)[0]
 
 
-def peer(conn: socket.socket) -> tuple[int, int, int]:
+def _peer(conn: socket.socket) -> tuple[int, int, int]:
     return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
 
 
